@@ -1,0 +1,194 @@
+"""Atari environments with the standard DQN preprocessing (Mnih et al. 2015, Machado et al. 2018).
+
+One env yields single 84x84 uint8 grayscale frames; stacking 4 of them is the job of the
+replay memory (keras-rl's ``SequentialMemory`` window) or of the acting loop. The emulator is
+driven through ALE directly, frame by frame, so the max over the last two frames of each
+skip costs no extra gymnasium call.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import ale_py
+import gymnasium
+import numpy as np
+from ale_py.env import AtariEnv as _AleEnv
+from PIL import Image
+
+FRAME_SHAPE = (84, 84)
+WINDOW = 4  # frames per network input, as in DQN and keras-rl's examples
+
+
+class UnknownGameError(ValueError):
+    """Raised for a game name ALE has no ROM for."""
+
+
+def rom_id(game: str) -> str:
+    """Map ``Breakout``, ``breakout``, ``MsPacman``, ``ms_pacman`` or ``ALE/Breakout-v5`` to
+    ALE's ROM id, or raise :class:`UnknownGameError` naming close matches."""
+    name = game.strip()
+    name = re.sub(r"^ALE/", "", name)
+    name = re.sub(r"(NoFrameskip|Deterministic)?-v\d+$", "", name)
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_")
+    known = ale_py.roms.get_all_rom_ids()
+    if snake in known:
+        return snake
+    flat = snake.replace("_", "")
+    for rom in known:
+        if rom.replace("_", "") == flat:
+            return rom
+    close = [r for r in known if flat[:4] and r.replace("_", "").startswith(flat[:4])]
+    hint = f" Did you mean: {', '.join(close[:5])}?" if close else ""
+    raise UnknownGameError(
+        f"unknown Atari game {game!r}.{hint} Use an ALE ROM name such as Breakout, Pong or "
+        f"SpaceInvaders ({len(known)} are installed with ale-py)."
+    )
+
+
+class AtariEnv(gymnasium.Env):
+    """An ALE game with DQN preprocessing.
+
+    - ``frame_skip`` emulator frames per action; the observation is the pixel-wise max of the
+      last two (removes Atari sprite flicker), converted to grayscale and resized to 84x84.
+    - up to ``noop_max`` random no-op actions after every real reset.
+    - FIRE after every reset where the game needs it to start (Breakout does).
+    - ``episodic_life`` (training only): a lost life ends the episode for the learner, the
+      emulator keeps going; ``clip_rewards`` (training only): rewards become their sign.
+    - ``info["raw_reward"]`` is the unclipped reward and, when a whole game ends,
+      ``info["game_score"]`` its raw score: that is the score we report, always.
+    - sticky actions are off unless ``sticky_prob`` > 0.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        game: str = "Breakout",
+        *,
+        frame_skip: int = 4,
+        noop_max: int = 30,
+        episodic_life: bool = False,
+        clip_rewards: bool = False,
+        sticky_prob: float = 0.0,
+        max_episode_steps: int = 27_000,
+        seed: int | None = None,
+    ) -> None:
+        if frame_skip < 1:
+            raise ValueError("frame_skip must be at least 1")
+        self.game = rom_id(game)
+        self._env = _AleEnv(
+            game=self.game,
+            obs_type="grayscale",
+            frameskip=1,
+            repeat_action_probability=sticky_prob,
+            full_action_space=False,
+        )
+        self.ale = self._env.ale
+        self._actions = self._env._action_set
+        self.frame_skip = frame_skip
+        self.noop_max = noop_max
+        self.episodic_life = episodic_life
+        self.clip_rewards = clip_rewards
+        self.max_episode_steps = max_episode_steps
+        self.action_space = gymnasium.spaces.Discrete(len(self._actions))
+        self.observation_space = gymnasium.spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
+        meanings = self._env.get_action_meanings()
+        self._fire = meanings.index("FIRE") if "FIRE" in meanings and len(meanings) >= 3 else None
+        height, width = self.ale.getScreenDims()
+        self._screens = np.zeros((2, height, width), np.uint8)
+        self._lives = 0
+        self._game_over = True
+        self._steps = 0
+        self._score = 0.0
+        self._rng = np.random.default_rng(seed)
+        if seed is not None:
+            self._env.seed_game(seed)
+            self._env.load_game()
+
+    def get_action_meanings(self) -> list[str]:
+        return self._env.get_action_meanings()
+
+    def _frame(self) -> np.ndarray:
+        np.maximum(self._screens[0], self._screens[1], out=self._screens[1])
+        image = Image.fromarray(self._screens[1]).resize(FRAME_SHAPE[::-1], Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+    def _act(self, action: int) -> float:
+        """Run ``frame_skip`` emulator frames, grabbing the last two screens."""
+        reward = 0.0
+        ale_action = self._actions[action]
+        for i in range(self.frame_skip):
+            reward += self.ale.act(ale_action)
+            if i >= self.frame_skip - 2:
+                self.ale.getScreenGrayscale(self._screens[i - self.frame_skip + 2])
+            if self.ale.game_over():
+                if i < self.frame_skip - 2:  # ended before the screens were grabbed
+                    self.ale.getScreenGrayscale(self._screens[1])
+                    self._screens[0] = self._screens[1]
+                elif i == self.frame_skip - 2:
+                    self._screens[1] = self._screens[0]
+                break
+        return reward
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+            self._env.seed_game(seed)
+            self._env.load_game()
+            self._game_over = True
+        if self._game_over or not self.episodic_life:
+            self.ale.reset_game()
+            self._score = 0.0
+            self._steps = 0
+            self._game_over = False
+            noops = int(self._rng.integers(1, self.noop_max + 1)) if self.noop_max > 0 else 0
+        else:
+            noops = 1  # life lost only: step on from where the emulator is
+        self._screens[:] = 0
+        self.ale.getScreenGrayscale(self._screens[1])
+        for _ in range(noops):
+            self._act(0)
+            if self.ale.game_over():
+                self.ale.reset_game()
+        if self._fire is not None:
+            self._act(self._fire)
+            if self.ale.game_over():
+                self.ale.reset_game()
+        self._lives = self.ale.lives()
+        return self._frame(), {"lives": self._lives}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        raw = self._act(int(action))
+        self._steps += 1
+        self._score += raw
+        lives = self.ale.lives()
+        game_over = self.ale.game_over()
+        truncated = not game_over and self._steps >= self.max_episode_steps
+        life_lost = 0 < lives < self._lives
+        self._lives = lives
+        terminated = game_over or (self.episodic_life and life_lost)
+        info: dict[str, Any] = {"raw_reward": raw, "lives": lives}
+        if game_over or truncated:
+            self._game_over = True
+            info["game_score"] = self._score
+        reward = float(np.sign(raw)) if self.clip_rewards else raw
+        return self._frame(), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """The full-colour screen (210x160x3), for GIFs."""
+        return self.ale.getScreenRGB()
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_env(
+    game: str = "Breakout", *, training: bool, seed: int | None = None, **kwargs: Any
+) -> AtariEnv:
+    """The env every trainer and player uses: training envs add episodic life and reward
+    clipping; evaluation envs play whole games with raw rewards."""
+    return AtariEnv(game, episodic_life=training, clip_rewards=training, seed=seed, **kwargs)

@@ -1,0 +1,134 @@
+"""keras-rl2 1.0.5 on TensorFlow 2.21: every shim the project needs, in one place.
+
+Import this module before TensorFlow or ``rl`` anywhere. Each fix states why it exists;
+see ``../shared/STACK.md`` for how each problem was found.
+
+Importing this module is cheap and keeps TensorFlow eager: only :func:`dqn_agent_class`
+imports ``rl.agents``, which switches the whole process to graph mode.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import Any
+
+# Fix 0: keras-rl2 needs Keras 2. TensorFlow picks the Keras flavour behind `tf.keras` at its
+# first import, so these must be set before anything imports tensorflow.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+
+#: Environment every process of ours (Ray workers, subprocesses) must start with.
+PROCESS_ENV = {
+    "TF_USE_LEGACY_KERAS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def _fix_keras_version() -> None:
+    """Fix 1: ``rl/callbacks.py`` does ``from tensorflow.keras import __version__``.
+
+    With legacy Keras that module has no ``__version__``; give it tf_keras's.
+    """
+    import tensorflow.keras  # noqa: F401  (the lazy module rl imports from)
+    import tf_keras
+
+    if not hasattr(tensorflow.keras, "__version__"):
+        tensorflow.keras.__version__ = tf_keras.__version__
+
+
+class _Wide16Numpy(types.ModuleType):
+    """numpy as seen by ``rl.core``, with ``int16`` widened to ``int64``.
+
+    Fix 3: ``fit()`` keeps its step and episode counters as ``np.int16``; after 32,767 steps
+    they wrap negative, ``fit`` never ends and every schedule keyed on the step breaks.
+    """
+
+    int16 = np.int64
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+def _fix_step_counters() -> None:
+    import rl.core
+
+    if not isinstance(rl.core.np, _Wide16Numpy):
+        rl.core.np = _Wide16Numpy("numpy")
+
+
+def _numeric_state_batch(self: Any, batch: Any) -> np.ndarray:
+    """Fix 4: stock keras-rl builds ``np.array(batch, dtype=object)``.
+
+    Converting that object array costs ~18 ms per batch of 32. A numeric array holds the
+    same values.
+    """
+    batch = np.asarray(batch)
+    if self.processor is None:
+        return batch
+    return self.processor.process_state_batch(batch)
+
+
+def prepare_rl() -> None:
+    """Apply the fixes that do not switch TensorFlow to graph mode (safe in any process)."""
+    _fix_keras_version()
+    _fix_step_counters()
+
+
+def dqn_agent_class(fast_state_batch: bool = True) -> type:
+    """Return keras-rl's ``DQNAgent`` with every fix applied.
+
+    Importing ``rl.agents`` disables eager execution for the whole process (fix 2): call
+    this only in processes that run keras-rl agents, never beside ``tf.function`` code.
+    ``fast_state_batch=False`` keeps stock batching, for the baseline benchmark only.
+    """
+    prepare_rl()
+    from rl.agents.dqn import AbstractDQNAgent, DQNAgent
+
+    stock = AbstractDQNAgent.__dict__.get("_stock_process_state_batch")
+    if stock is None:
+        stock = AbstractDQNAgent.process_state_batch
+        AbstractDQNAgent._stock_process_state_batch = stock
+    AbstractDQNAgent.process_state_batch = _numeric_state_batch if fast_state_batch else stock
+    return DQNAgent
+
+
+def graph_mode_adam(learning_rate: float) -> Any:
+    """Fix 2b: in graph mode keras-rl calls ``optimizer.get_updates``, which only the legacy
+    optimizers have (the new Adam fails with ``no attribute 'get_updates'``)."""
+    import tensorflow as tf
+
+    return tf.keras.optimizers.legacy.Adam(learning_rate=learning_rate)
+
+
+class OldGymAPI:
+    """Fix 5: keras-rl expects gym<0.26: ``reset() -> obs``, ``step() -> (obs, r, done, info)``.
+
+    Wraps a gymnasium env; ``done = terminated or truncated``.
+    """
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.action_space = env.action_space
+        self.observation_space = env.observation_space
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.env.reset()
+        return obs
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(int(action))
+        return obs, float(reward), bool(terminated or truncated), info
+
+    def render(self, mode: str = "human") -> Any:
+        return None
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)

@@ -1,0 +1,146 @@
+"""Play an Atari game with a trained ``policy.h5`` through keras-rl's ``DQNAgent``.
+
+Loads the weights into the project's Q-network inside a keras-rl ``DQNAgent`` with
+``GreedyQPolicy`` (or ``EpsGreedyQPolicy`` with --epsilon > 0), plays whole games on the real
+emulator with raw scores, and can write the first game as an animated GIF.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kerasrl_compat
+from config import flag, parse
+
+EPILOG = """example:
+  python play.py --weights runs/<run>/policy.h5 --episodes 3 --gif breakout.gif
+"""
+
+
+@dataclass
+class PlayConfig:
+    weights: str = flag("policy.h5", "the policy.h5 to load (from train.py or launch.py)")
+    game: str = flag("Breakout", "ALE game the weights were trained on")
+    episodes: int = flag(1, "games to play", low=1, high=10_000)
+    max_steps: int = flag(10_000, "step limit per game (a weak agent may never press FIRE)", low=1)
+    epsilon: float = flag(
+        0.0, "0: GreedyQPolicy; > 0: EpsGreedyQPolicy with this epsilon (0.05 is usual)", low=0.0, high=1.0
+    )
+    gif: str | None = flag(None, "write the first game's full-colour frames as an animated GIF here")
+    gif_fps: int = flag(30, "frames per second of the GIF", low=1, high=100)
+    seed: int | None = flag(None, "random seed (no-op starts, epsilon); default: different each run", low=0)
+
+    def validate(self) -> None:
+        if self.gif is not None:
+            gif = Path(self.gif)
+            if gif.suffix.lower() != ".gif":
+                raise ValueError(f"--gif must end in .gif, got {gif}")
+            if not gif.parent.exists():
+                raise ValueError(f"folder {gif.parent} for --gif does not exist; create it first")
+
+
+class GifRecorder:
+    """Keeps the full-colour screen after every step of the first game, palette-compressed."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.frames: list[Any] = []
+        self.recording = True
+
+    def capture(self) -> None:
+        if self.recording:
+            from PIL import Image
+
+            self.frames.append(Image.fromarray(self.env.render()).quantize(colors=64))
+
+    def save(self, path: str, fps: int) -> None:
+        from learner.export import write_atomically
+
+        first, rest = self.frames[0], self.frames[1:]
+        duration = round(1000 / fps)
+        write_atomically(
+            path,
+            lambda tmp: first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=duration, loop=0),
+        )
+
+
+def play(cfg: PlayConfig) -> list[float]:
+    """Play ``cfg.episodes`` games; return their raw scores."""
+    import numpy as np
+    from rl.callbacks import Callback
+    from rl.memory import SequentialMemory
+    from rl.policy import EpsGreedyQPolicy, GreedyQPolicy
+
+    from actors.atari import make_env
+    from learner.classic import make_dqn_agent
+    from learner.export import check_policy_file
+
+    if cfg.seed is not None:
+        np.random.seed(cfg.seed)
+    game_env = make_env(cfg.game, training=False, seed=cfg.seed, max_episode_steps=cfg.max_steps)
+    n_actions = int(game_env.action_space.n)
+    test_policy = EpsGreedyQPolicy(cfg.epsilon) if cfg.epsilon > 0 else GreedyQPolicy()
+    agent = make_dqn_agent(
+        n_actions,
+        policy=test_policy,
+        test_policy=test_policy,
+        memory=SequentialMemory(limit=10, window_length=4),
+    )
+    check_policy_file(cfg.weights, agent.model)
+    agent.load_weights(cfg.weights)
+
+    recorder = GifRecorder(game_env) if cfg.gif else None
+    scores: list[float] = []
+
+    class Report(Callback):
+        def on_episode_begin(self, episode: int, logs: dict | None = None) -> None:
+            if recorder:
+                recorder.capture()
+
+        def on_action_end(self, action: Any, logs: dict | None = None) -> None:
+            if recorder:
+                recorder.capture()
+
+        def on_episode_end(self, episode: int, logs: dict) -> None:
+            scores.append(float(logs["episode_reward"]))
+            if recorder:
+                recorder.recording = False
+            print(f"game {episode + 1}: score {logs['episode_reward']:.0f} in {logs['nb_steps']} steps", flush=True)
+
+    policy_name = f"EpsGreedyQPolicy(eps={cfg.epsilon})" if cfg.epsilon > 0 else "GreedyQPolicy"
+    print(f"playing {cfg.episodes} game(s) of {cfg.game} with {cfg.weights} ({policy_name})", flush=True)
+    agent.test(
+        kerasrl_compat.OldGymAPI(game_env),
+        nb_episodes=cfg.episodes,
+        visualize=False,
+        nb_max_episode_steps=cfg.max_steps,
+        callbacks=[Report()],
+        verbose=0,
+    )
+    print(f"mean score over {len(scores)} game(s): {np.mean(scores):.2f}")
+    if recorder and recorder.frames:
+        recorder.save(cfg.gif, cfg.gif_fps)
+        print(f"wrote {len(recorder.frames)} frames to {cfg.gif}")
+    game_env.close()
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(PlayConfig, argv, __doc__, EPILOG)
+    from actors.atari import UnknownGameError
+    from learner.export import PolicyFileError, read_weight_shapes
+
+    try:
+        read_weight_shapes(cfg.weights)  # fail fast, before TensorFlow starts
+        play(cfg)
+    except (PolicyFileError, UnknownGameError) as exc:
+        print(f"play.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Train a DQN on an Atari game in one process with keras-rl: the classic path.
+
+keras-rl's ``DQNAgent`` + ``SequentialMemory`` + annealed ``EpsGreedyQPolicy`` with the
+settings of keras-rl's ``examples/dqn_atari.py``; the Q-network is saved as ``policy.h5``.
+This is also the baseline every benchmark of the distributed path compares against.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kerasrl_compat
+from config import flag, parse
+
+EPILOG = """outputs:
+  OUTPUT                   the final Q-network (keras-rl DQNAgent.save_weights), also on Ctrl-C
+  RUN_DIR/episodes.csv     raw score of every game played
+  RUN_DIR/checkpoint.h5    the network every --checkpoint-every steps
+  RUN_DIR/config.json      the settings of this run
+
+example:
+  python train.py --steps 2000 --warmup 500 --memory-limit 5000 --output runs/try/policy.h5
+"""
+
+
+@dataclass
+class TrainConfig:
+    game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
+    steps: int = flag(1_750_000, "agent steps to train for (4 emulator frames each)", low=1)
+    warmup: int = flag(50_000, "steps of random play that fill the memory before learning starts", low=1)
+    memory_limit: int = flag(1_000_000, "replay memory size in transitions (SequentialMemory limit)", low=100)
+    output: str = flag("policy.h5", "where the trained network is written")
+    overwrite: bool = flag(False, "replace OUTPUT if it already exists")
+    run_dir: str | None = flag(None, "folder for logs and checkpoints (default: runs/classic-<time>)")
+    target_update: float = flag(10_000, "target network sync every N steps (< 1: soft update rate)", low=0.0)
+    train_interval: int = flag(4, "train on one batch every N agent steps", low=1)
+    batch_size: int = flag(32, "transitions per training batch", low=1, high=4096)
+    learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0)
+    gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
+    delta_clip: float = flag(1.0, "Huber loss delta", low=0.0)
+    eps_start: float = flag(1.0, "exploration epsilon at step 0", low=0.0, high=1.0)
+    eps_end: float = flag(0.1, "exploration epsilon after --eps-steps", low=0.0, high=1.0)
+    eps_steps: int = flag(1_000_000, "steps over which epsilon is annealed linearly", low=1)
+    checkpoint_every: int = flag(250_000, "save RUN_DIR/checkpoint.h5 every N steps", low=1)
+    log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
+    seed: int = flag(0, "random seed for the emulator, exploration and network init", low=0)
+
+    def validate(self) -> None:
+        out = Path(self.output)
+        if out.suffix not in (".h5", ".hdf5"):
+            raise ValueError(f"--output must end in .h5 (keras-rl's weights format), got {out}")
+        if out.exists() and not self.overwrite:
+            raise ValueError(f"{out} already exists; pass --overwrite or choose another --output")
+        if out.is_dir():
+            raise ValueError(f"--output {out} is a folder; give a file path ending in .h5")
+
+
+def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
+    from rl.callbacks import Callback
+
+    from learner.export import write_atomically
+
+    class RunLog(Callback):
+        """Progress lines, the raw-score CSV and periodic checkpoints."""
+
+        def __init__(self) -> None:
+            self.scores: deque[float] = deque(maxlen=20)
+            self.games = 0
+            self.start = self.last_print = time.monotonic()
+            self.last_step = 0
+            self.metrics: list[float] = []
+            self.aborted = False
+            self.csv_file = open(run_dir / "episodes.csv", "w", newline="")
+            self.csv = csv.writer(self.csv_file)
+            self.csv.writerow(["game", "env_step", "game_score", "wall_seconds"])
+
+        def on_step_end(self, step: int, logs: dict) -> None:
+            agent_step = int(agent.step) + 1
+            if "game_score" in logs["info"]:
+                self.games += 1
+                score = float(logs["info"]["game_score"])
+                self.scores.append(score)
+                self.csv.writerow([self.games, agent_step, score, round(time.monotonic() - self.start, 1)])
+                self.csv_file.flush()
+            if not all(math.isnan(m) for m in logs["metrics"]):  # NaN on steps without training
+                self.metrics = logs["metrics"]
+            if agent_step % cfg.checkpoint_every == 0:
+                write_atomically(run_dir / "checkpoint.h5", lambda p: agent.save_weights(p, overwrite=True))
+            now = time.monotonic()
+            if now - self.last_print >= cfg.log_every:
+                self.print_line(agent_step, now)
+
+        def print_line(self, agent_step: int, now: float) -> None:
+            rate = (agent_step - self.last_step) / max(now - self.last_print, 1e-9)
+            self.last_print, self.last_step = now, agent_step
+            eta = (cfg.steps - agent_step) / rate if rate > 0 else math.inf
+            named = dict(zip(agent.metrics_names, self.metrics, strict=False))
+            mean = sum(self.scores) / len(self.scores) if self.scores else float("nan")
+            phase = "warm-up" if agent_step <= cfg.warmup else "training"
+            print(
+                f"step {agent_step:>9,}/{cfg.steps:,} ({100 * agent_step / cfg.steps:4.1f}%) {phase} | "
+                f"{rate:6.1f} steps/s | eta {_hms(eta)} | games {self.games} | "
+                f"score(last {len(self.scores)}) {mean:6.2f} | eps {named.get('mean_eps', float('nan')):.3f} | "
+                f"loss {named.get('loss', float('nan')):.4f} | mean_q {named.get('mean_q', float('nan')):.3f}",
+                flush=True,
+            )
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            self.aborted = bool((logs or {}).get("did_abort"))
+            self.csv_file.close()
+
+    return RunLog()
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run keras-rl's DQN on ``cfg.game``; return the path of the saved network."""
+    import random
+
+    import numpy as np
+    import tensorflow as tf
+    from rl.memory import SequentialMemory
+    from rl.policy import EpsGreedyQPolicy, LinearAnnealedPolicy
+
+    from actors.atari import make_env
+    from learner.classic import make_dqn_agent
+    from learner.export import write_atomically
+
+    run_dir = Path(cfg.run_dir or time.strftime("runs/classic-%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    tf.random.set_seed(cfg.seed)
+    env = kerasrl_compat.OldGymAPI(make_env(cfg.game, training=True, seed=cfg.seed))
+    n_actions = env.action_space.n
+    policy = LinearAnnealedPolicy(
+        EpsGreedyQPolicy(),
+        attr="eps",
+        value_max=cfg.eps_start,
+        value_min=cfg.eps_end,
+        value_test=0.05,
+        nb_steps=cfg.eps_steps,
+    )
+    agent = make_dqn_agent(
+        n_actions,
+        policy=policy,
+        memory=SequentialMemory(limit=cfg.memory_limit, window_length=4),
+        warmup=cfg.warmup,
+        target_update=cfg.target_update,
+        train_interval=cfg.train_interval,
+        gamma=cfg.gamma,
+        batch_size=cfg.batch_size,
+        delta_clip=cfg.delta_clip,
+        learning_rate=cfg.learning_rate,
+    )
+    print(
+        f"training {cfg.game} ({n_actions} actions) for {cfg.steps:,} steps with keras-rl DQNAgent; "
+        f"logs in {run_dir}/, network to {cfg.output}. Ctrl-C stops and saves.",
+        flush=True,
+    )
+    log = _run_log(cfg, run_dir, agent)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        agent.fit(env, nb_steps=cfg.steps, callbacks=[log], verbose=0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = write_atomically(cfg.output, lambda tmp: agent.save_weights(tmp, overwrite=True))
+    print(f"{'stopped' if log.aborted else 'done'} after {int(agent.step):,} steps; network saved to {out}")
+    env.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(TrainConfig, argv, __doc__, EPILOG)
+    from actors.atari import UnknownGameError, rom_id
+
+    try:
+        rom_id(cfg.game)
+    except UnknownGameError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
