@@ -113,3 +113,82 @@ def parse(
     except ValueError as exc:
         parser.error(str(exc))
     return cfg
+
+
+def default_num_actors() -> int:
+    """One explorer per core beyond the one the learner needs (at least one)."""
+    import os
+
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a distributed run: built once from the command line by ``launch.py``
+    and handed, unchanged, to the replay, learner and explorer actors."""
+
+    # what to play and for how long
+    game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
+    total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
+    learning_starts: int = flag(50_000, "agent steps collected before the learner starts", low=1)
+    # acting
+    num_actors: int = flag(default_num_actors(), "explorer actors (default: CPU cores - 1)", low=1, high=4096)
+    envs_per_actor: int = flag(8, "emulators per explorer, stepped together with one batched forward pass",
+                               low=1, high=256)
+    exploration: str = flag("ladder", "epsilon per emulator stream: ladder (Ape-X: eps_i = base^(1 + alpha i/(N-1))"
+                            " over all N streams), fixed (--epsilon) or anneal (--eps-start -> --eps-end)",
+                            choices=("ladder", "fixed", "anneal"))
+    ladder_base: float = flag(0.4, "Ape-X ladder base", low=0.0, high=1.0)
+    ladder_alpha: float = flag(7.0, "Ape-X ladder exponent spread", low=0.0)
+    epsilon: float = flag(0.01, "epsilon for --exploration fixed", low=0.0, high=1.0)
+    eps_start: float = flag(1.0, "epsilon at step 0 for --exploration anneal", low=0.0, high=1.0)
+    eps_end: float = flag(0.1, "epsilon after --eps-anneal-steps for --exploration anneal", low=0.0, high=1.0)
+    eps_anneal_steps: int = flag(1_000_000, "agent steps (all actors together) of the linear anneal", low=1)
+    weight_sync_every: int = flag(400, "agent steps per explorer between weight refreshes; experience is pushed "
+                                  "to the replay at the same cadence", low=1)
+    # replay
+    replay_capacity: int = flag(1_000_000, "replay memory size in transitions (about 7 KB each)", low=100)
+    samples_per_insert: float = flag(8.0, "replay ratio: transitions sampled per transition inserted "
+                                     "(8 = one batch of 32 every 4 agent steps, as DQN)", low=0.01)
+    # learning
+    batch_size: int = flag(32, "transitions per learner update", low=1, high=8192)
+    learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
+    adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
+    gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
+    huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
+    grad_clip_norm: float = flag(10.0, "clip gradients to this global norm (0: off)", low=0.0)
+    double_dqn: bool = flag(True, "double DQN targets (online network picks, target network evaluates)")
+    target_update: int = flag(2_500, "copy the online network to the target every N learner steps "
+                              "(2,500 updates = DQN's 10,000 agent steps at 4 steps per update)", low=1)
+    updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
+                                 low=1, high=10_000)
+    learner_gpus: float = flag(0.0, "GPUs for the learner (needs a GPU node and a CUDA TensorFlow)", low=0.0)
+    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: all cores of its node)", low=0)
+    # outputs
+    export_every: int = flag(10_000, "write RUN_DIR/policy.h5 every N learner steps (and at the end)", low=1)
+    run_dir: str | None = flag(None, "folder for policy.h5, logs and TensorBoard (default: runs/<game>-<time>)")
+    log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
+    # where
+    address: str | None = flag(None, "Ray to use: unset = a fresh local Ray on this machine; 'auto' or "
+                               "HOST:PORT = join that running cluster")
+    num_cpus: int | None = flag(None, "CPUs of the local Ray (default: this machine's cores)", low=1)
+    seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
+
+    @property
+    def num_streams(self) -> int:
+        return self.num_actors * self.envs_per_actor
+
+    def validate(self) -> None:
+        if self.learning_starts > self.total_env_steps:
+            raise ValueError(
+                f"--learning-starts ({self.learning_starts}) exceeds --total-env-steps ({self.total_env_steps})"
+            )
+        if self.learning_starts > self.replay_capacity:
+            raise ValueError(
+                f"--learning-starts ({self.learning_starts}) exceeds --replay-capacity ({self.replay_capacity})"
+            )
+        if self.replay_capacity < 10 * self.num_streams:
+            raise ValueError(
+                f"--replay-capacity must hold at least 10 transitions per emulator stream "
+                f"({self.num_streams} streams): use at least {10 * self.num_streams}"
+            )

@@ -1,0 +1,197 @@
+"""The explorer: a Ray actor that plays K emulators with one batched Q-network forward pass.
+
+Each call of :meth:`Explorer.run` plays ``weight_sync_every`` agent steps with the weights it
+is handed, pushes the transitions to the replay actor as one chunk per emulator stream (keras-rl
+``SequentialMemory`` layout, see ``replay.memory``) and returns what happened: steps, finished
+games with their raw scores, epsilons. The driver hands the newest weights to every call, so
+weights refresh every ``weight_sync_every`` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+import kerasrl_compat
+from actors.atari import FRAME_SHAPE, WINDOW, make_env
+from config import Config
+
+kerasrl_compat.prepare_rl()
+from rl.policy import EpsGreedyQPolicy  # noqa: E402
+
+MAX_PUSHES_IN_FLIGHT = 2
+
+
+def stream_epsilon(cfg: Config, stream: int, env_steps: int = 0) -> float:
+    """Epsilon of one emulator stream (``stream`` counts over all actors)."""
+    if cfg.exploration == "fixed":
+        return cfg.epsilon
+    if cfg.exploration == "anneal":
+        frac = min(1.0, env_steps / cfg.eps_anneal_steps)
+        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+    n = cfg.num_streams
+    return float(cfg.ladder_base ** (1 + cfg.ladder_alpha * stream / (n - 1))) if n > 1 else cfg.ladder_base
+
+
+class _Stream:
+    """One emulator and the transitions it produced since the last push."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.frames: list[np.ndarray] = []
+        self.actions: list[int] = []
+        self.rewards: list[float] = []
+        self.terminals: list[bool] = []
+        self.new_segment = True  # the first chunk after (re)start continues nothing
+        self.steps = 0
+
+    def record(self, frame: np.ndarray, action: int, reward: float, terminal: bool) -> None:
+        self.frames.append(frame)
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.terminals.append(terminal)
+
+    def take_chunk(self, stream_id: int) -> dict[str, Any] | None:
+        if not self.frames:
+            return None
+        chunk = {
+            "stream": stream_id,
+            "frames": np.stack(self.frames),
+            "actions": np.asarray(self.actions, np.uint8),
+            "rewards": np.asarray(self.rewards, np.float32),
+            "terminals": np.asarray(self.terminals, bool),
+            "new_segment": self.new_segment,
+        }
+        self.frames, self.actions, self.rewards, self.terminals = [], [], [], []
+        self.new_segment = False
+        return chunk
+
+
+class Explorer:
+    """Plays ``cfg.envs_per_actor`` emulators; stream ids are ``index * K .. index * K + K - 1``."""
+
+    def __init__(self, cfg: Config, index: int, replay: Any) -> None:
+        import tensorflow as tf
+
+        try:  # one TF thread per explorer: explorers scale by processes, not threads
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass
+        from learner.network import build_q_network
+
+        self.cfg = cfg
+        self.index = index
+        self.replay = replay
+        k = cfg.envs_per_actor
+        self.first_stream = index * k
+        seed = cfg.seed * 100_003 + index * 1_009
+        np.random.seed(seed % 2**32)  # keras-rl's EpsGreedyQPolicy draws from np.random
+        self.streams = [_Stream(make_env(cfg.game, training=True, seed=seed + j)) for j in range(k)]
+        self.n_actions = int(self.streams[0].env.action_space.n)
+        self.policies = [EpsGreedyQPolicy(eps=stream_epsilon(cfg, self.first_stream + j)) for j in range(k)]
+        self.model = build_q_network(self.n_actions)
+        self._q = tf.function(
+            lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
+            input_signature=[tf.TensorSpec([None, WINDOW, *FRAME_SHAPE], tf.uint8)],
+        )
+        self.weights_version = -1
+        self.state = np.zeros((k, WINDOW, *FRAME_SHAPE), np.uint8)
+        self.frame = np.zeros((k, *FRAME_SHAPE), np.uint8)
+        for j, s in enumerate(self.streams):
+            self._begin_episode(j, s.env.reset()[0])
+        self.pushes: list[Any] = []
+        self.total_steps = 0
+
+    def _begin_episode(self, j: int, frame: np.ndarray) -> None:
+        self.state[j] = 0
+        self.state[j, -1] = frame
+        self.frame[j] = frame
+
+    def set_weights(self, weights: list[np.ndarray], version: int) -> None:
+        if version != self.weights_version:
+            self.model.set_weights(weights)
+            self.weights_version = version
+
+    def q_values(self, states: np.ndarray) -> np.ndarray:
+        return self._q(states).numpy()
+
+    def run(self, weights: tuple[int, list[np.ndarray]] | None, steps: int, global_env_steps: int = 0) -> dict:
+        """Play about ``steps`` agent steps over all emulators; push them; report.
+
+        ``weights`` is ``(version, arrays)`` from the learner, resolved by Ray from an object ref.
+        """
+        t0 = time.perf_counter()
+        if weights is not None:
+            self.set_weights(weights[1], weights[0])
+        if self.cfg.exploration == "anneal":
+            for j, policy in enumerate(self.policies):
+                policy.eps = stream_epsilon(self.cfg, self.first_stream + j, global_env_steps)
+        k = len(self.streams)
+        games: list[dict] = []
+        iterations = max(1, -(-steps // k))
+        for _ in range(iterations):
+            q = self.q_values(self.state)
+            for j, stream in enumerate(self.streams):
+                action = int(self.policies[j].select_action(q_values=q[j]))
+                frame, reward, terminated, truncated, info = stream.env.step(action)
+                stream.record(self.frame[j], action, reward, terminated)
+                stream.steps += 1
+                if terminated or truncated:
+                    # keras-rl's convention: the final observation is an entry of its own
+                    stream.record(frame, 0, 0.0, False)
+                    if "game_score" in info:
+                        games.append(
+                            {"stream": self.first_stream + j, "score": float(info["game_score"]),
+                             "eps": float(self.policies[j].eps)}
+                        )
+                    if truncated and not terminated:
+                        # cut by the step limit: the next episode must not stack onto this one
+                        self._push_stream(j)
+                        stream.new_segment = True
+                    self._begin_episode(j, stream.env.reset()[0])
+                else:
+                    self.state[j, :-1] = self.state[j, 1:]
+                    self.state[j, -1] = frame
+                    self.frame[j] = frame
+        self._push()
+        n = iterations * k
+        self.total_steps += n
+        return {
+            "actor": self.index,
+            "steps": n,
+            "games": games,
+            "seconds": time.perf_counter() - t0,
+            "weights_version": self.weights_version,
+            "epsilons": [float(p.eps) for p in self.policies],
+        }
+
+    def _push_stream(self, j: int) -> None:
+        chunk = self.streams[j].take_chunk(self.first_stream + j)
+        if chunk is not None:
+            self._send([chunk])
+
+    def _push(self) -> None:
+        chunks = [c for j, s in enumerate(self.streams) if (c := s.take_chunk(self.first_stream + j)) is not None]
+        if chunks:
+            self._send(chunks)
+
+    def _send(self, chunks: list[dict]) -> None:
+        """Push to the replay actor, with at most ``MAX_PUSHES_IN_FLIGHT`` calls outstanding."""
+        import ray
+
+        self.pushes.append(self.replay.add_chunks.remote(chunks))
+        if len(self.pushes) > MAX_PUSHES_IN_FLIGHT:
+            done = self.pushes[: len(self.pushes) - MAX_PUSHES_IN_FLIGHT]
+            ray.get(done)
+            self.pushes = self.pushes[len(done):]
+
+    def flush(self) -> int:
+        """Wait for every push to land; return total steps played."""
+        import ray
+
+        ray.get(self.pushes)
+        self.pushes = []
+        return self.total_steps

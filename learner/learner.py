@@ -1,0 +1,141 @@
+"""The learner: DQN updates as one ``tf.function`` on the project's Q-network.
+
+It pulls batches from the replay actor (the next requests are always in flight while the
+current batch trains), copies the online network to the target every ``target_update`` of its
+own steps, and hands out its weights as ``(version, arrays)``. It writes no files: the driver
+owns the run directory (so the learner can sit on any node, a GPU node included).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import numpy as np
+
+import kerasrl_compat  # noqa: F401  (Keras 2 behind tf.keras, before TensorFlow loads)
+from config import Config
+
+PREFETCH = 2  # replay sample calls kept in flight
+
+
+class Learner:
+    """Owns the online and target networks and the optimizer."""
+
+    def __init__(self, cfg: Config, n_actions: int, replay: Any = None) -> None:
+        import tensorflow as tf
+
+        if cfg.learner_threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(cfg.learner_threads)
+            except RuntimeError:
+                pass
+        from learner.network import build_q_network
+
+        tf.random.set_seed(cfg.seed)
+        self.cfg = cfg
+        self.replay = replay
+        self.online = build_q_network(n_actions)
+        self.target = build_q_network(n_actions)
+        self.target.set_weights(self.online.get_weights())
+        self.optimizer = tf.keras.optimizers.Adam(
+            learning_rate=cfg.learning_rate, epsilon=cfg.adam_epsilon
+        )
+        self.steps = 0
+        self.target_syncs = 0
+        self.weights_version = 0
+        self._requests: collections.deque = collections.deque()
+        self._train_step = self._make_train_step(tf, n_actions)
+
+    def _make_train_step(self, tf: Any, n_actions: int) -> Any:
+        cfg = self.cfg
+        online, target, optimizer = self.online, self.target, self.optimizer
+        huber = tf.keras.losses.Huber(delta=cfg.huber_delta, reduction="none")
+        frames = tf.TensorSpec([None, 4, 84, 84], tf.uint8)
+
+        @tf.function(
+            input_signature=[frames, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
+                             tf.TensorSpec([None], tf.float32), frames]
+        )
+        def train_step(state0, action, reward, terminal, state1):
+            s0 = tf.cast(state0, tf.float32) / 255.0
+            s1 = tf.cast(state1, tf.float32) / 255.0
+            q_next_target = target(s1, training=False)
+            if cfg.double_dqn:
+                best = tf.argmax(online(s1, training=False), axis=1, output_type=tf.int32)
+            else:
+                best = tf.argmax(q_next_target, axis=1, output_type=tf.int32)
+            q_next = tf.gather(q_next_target, best, batch_dims=1)
+            y = tf.stop_gradient(reward + cfg.gamma * (1.0 - terminal) * q_next)
+            with tf.GradientTape() as tape:
+                q = online(s0, training=True)
+                q_taken = tf.gather(q, action, batch_dims=1)
+                td = y - q_taken
+                loss = tf.reduce_mean(huber(y[:, None], q_taken[:, None]))
+            grads = tape.gradient(loss, online.trainable_variables)
+            if cfg.grad_clip_norm > 0:
+                grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip_norm)
+            optimizer.apply_gradients(zip(grads, online.trainable_variables, strict=True))
+            return loss, tf.reduce_mean(q_taken), td
+
+        return train_step
+
+    # --- batches -------------------------------------------------------------------------
+    def _request(self) -> None:
+        self._requests.append(self.replay.sample.remote(self.cfg.batch_size, 1))
+
+    def _next_batch(self) -> Any:
+        import ray
+
+        while len(self._requests) < PREFETCH + 1:
+            self._request()
+        batch = ray.get(self._requests.popleft())
+        self._request()
+        return batch[0] if isinstance(batch, list) else batch
+
+    # --- the public surface ----------------------------------------------------------------
+    def update(self, batch: Any) -> tuple[float, float, np.ndarray]:
+        """One DQN update on ``batch``; sync the target every ``target_update`` steps."""
+        loss, mean_q, td = self._train_step(
+            batch.state0,
+            np.asarray(batch.action, np.int32),
+            np.asarray(batch.reward, np.float32),
+            np.asarray(batch.terminal, np.float32),
+            batch.state1,
+        )
+        self.steps += 1
+        if self.steps % self.cfg.target_update == 0:
+            self.target.set_weights(self.online.get_weights())
+            self.target_syncs += 1
+        return float(loss), float(mean_q), td.numpy()
+
+    def train(self, n_updates: int) -> dict:
+        """Run ``n_updates`` updates on batches from the replay actor; return metrics."""
+        t0 = time.perf_counter()
+        waited = 0.0
+        losses, qs = [], []
+        for _ in range(n_updates):
+            w0 = time.perf_counter()
+            batch = self._next_batch()
+            waited += time.perf_counter() - w0
+            loss, mean_q, _ = self.update(batch)
+            losses.append(loss)
+            qs.append(mean_q)
+        self.weights_version += 1
+        return {
+            "updates": n_updates,
+            "learner_steps": self.steps,
+            "target_syncs": self.target_syncs,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "mean_q": float(np.mean(qs)) if qs else float("nan"),
+            "seconds": time.perf_counter() - t0,
+            "wait_seconds": waited,
+        }
+
+    def get_weights(self) -> tuple[int, list[np.ndarray]]:
+        """``(version, arrays)``: what explorers load and the driver exports."""
+        return self.weights_version, self.online.get_weights()
+
+    def counters(self) -> dict:
+        return {"learner_steps": self.steps, "target_syncs": self.target_syncs}
