@@ -9,8 +9,13 @@ imports ``rl.agents``, which switches the whole process to graph mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 import types
+from collections.abc import Iterator
 from typing import Any
 
 # Fix 0: keras-rl2 needs Keras 2. TensorFlow picks the Keras flavour behind `tf.keras` at its
@@ -29,11 +34,51 @@ PROCESS_ENV = {
 }
 
 
+# TensorFlow's C++ start-up chatter, printed before its log level applies (TF_CPP_MIN_LOG_LEVEL
+# does not reach it in 2.21). Everything else written to stderr meanwhile is passed through.
+_STARTUP_NOISE = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations|cudart_stub|cuda_platform|cuInit|cuda_dnn|cuda_fft|"
+    r"cuda_blas|computation_placer|TF-TRT|optimized to use available CPU instructions|appropriate compiler flags"
+)
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file, then replay what is not start-up noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if not _STARTUP_NOISE.search(line):
+                    print(line, file=sys.stderr)
+
+
+def load_tensorflow() -> Any:
+    """Import TensorFlow and create its devices once, without its C++ start-up chatter."""
+    if "tensorflow" in sys.modules and getattr(load_tensorflow, "done", False):
+        return sys.modules["tensorflow"]
+    with _filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()
+    load_tensorflow.done = True
+    return tf
+
+
 def _fix_keras_version() -> None:
     """Fix 1: ``rl/callbacks.py`` does ``from tensorflow.keras import __version__``.
 
     With legacy Keras that module has no ``__version__``; give it tf_keras's.
     """
+    load_tensorflow()
     import tensorflow.keras  # noqa: F401  (the lazy module rl imports from)
     import tf_keras
 

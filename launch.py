@@ -57,7 +57,7 @@ class RunLog:
     """Progress lines, TensorBoard scalars, metrics.jsonl and episodes.csv of one run."""
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
-        import tensorflow as tf
+        tf = kerasrl_compat.load_tensorflow()
 
         self.cfg = cfg
         self.tf = tf
@@ -268,11 +268,11 @@ def _init_ray(cfg: Config) -> None:
             num_cpus=max(cpus, cfg.num_actors + 1),
             include_dashboard=False,
             runtime_env=env,
-            logging_level="warning",
-            log_to_driver=True,
+            logging_level="error",
+            log_to_driver=False,  # workers' output goes to Ray's session logs, not the console
         )
     else:
-        ray.init(address=cfg.address, runtime_env=env, logging_level="warning")
+        ray.init(address=cfg.address, runtime_env=env, logging_level="error", log_to_driver=False)
 
 
 def launch(cfg: Config) -> Path:

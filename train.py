@@ -138,7 +138,7 @@ def train(cfg: TrainConfig) -> Path:
     import random
 
     import numpy as np
-    import tensorflow as tf
+    tf = kerasrl_compat.load_tensorflow()
     from rl.memory import SequentialMemory
     from rl.policy import EpsGreedyQPolicy, LinearAnnealedPolicy
 

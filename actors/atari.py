@@ -17,6 +17,8 @@ import numpy as np
 from ale_py.env import AtariEnv as _AleEnv
 from PIL import Image
 
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner per emulator
+
 FRAME_SHAPE = (84, 84)
 WINDOW = 4  # frames per network input, as in DQN and keras-rl's examples
 

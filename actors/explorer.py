@@ -73,7 +73,7 @@ class Explorer:
     """Plays ``cfg.envs_per_actor`` emulators; stream ids are ``index * K .. index * K + K - 1``."""
 
     def __init__(self, cfg: Config, index: int, replay: Any) -> None:
-        import tensorflow as tf
+        tf = kerasrl_compat.load_tensorflow()
 
         try:  # one TF thread per explorer: explorers scale by processes, not threads
             tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-import kerasrl_compat  # noqa: F401  (Keras 2 behind tf.keras, before TensorFlow loads)
+import kerasrl_compat
 from config import Config
 
 PREFETCH = 2  # replay sample calls kept in flight
@@ -24,7 +24,7 @@ class Learner:
     """Owns the online and target networks and the optimizer."""
 
     def __init__(self, cfg: Config, n_actions: int, replay: Any = None) -> None:
-        import tensorflow as tf
+        tf = kerasrl_compat.load_tensorflow()
 
         if cfg.learner_threads:
             try:

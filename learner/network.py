@@ -8,7 +8,7 @@ as keras-rl's ``AtariProcessor.process_state_batch`` does it.
 
 from __future__ import annotations
 
-import kerasrl_compat  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW
 
 INPUT_SHAPE = (WINDOW, *FRAME_SHAPE)
@@ -16,6 +16,7 @@ INPUT_SHAPE = (WINDOW, *FRAME_SHAPE)
 
 def build_q_network(n_actions: int):  # -> tf_keras.Model
     """Conv 32x8x8/4, Conv 64x4x4/2, Conv 64x3x3/1, Dense 512, Dense n_actions (linear)."""
+    kerasrl_compat.load_tensorflow()
     from tensorflow.keras.layers import Activation, Conv2D, Dense, Flatten, Permute
     from tensorflow.keras.models import Sequential
 
