@@ -1,0 +1,56 @@
+"""The replay role on Ray: a thin actor around :class:`replay.memory.ReplayMemory`.
+
+``ReplayServer`` is a plain class (importable and testable without Ray); ``ReplayActor`` is the
+same class made a Ray actor with ``num_cpus=0`` (it mostly waits; override with
+``ReplayActor.options(num_cpus=...)``). Batches go back as plain numpy arrays, which Ray ships
+without pickling their contents. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from replay.memory import Batch, ReplayMemory, tune_malloc
+
+
+class ReplayServer:
+    """Serves one replay memory: explorers add chunks, the learner samples batches."""
+
+    def __init__(
+        self,
+        capacity: int,
+        num_streams: int,
+        window: int = 4,
+        frame_shape: tuple[int, int] = (84, 84),
+        seed: int | None = None,
+    ) -> None:
+        tune_malloc()  # this process returns fresh batch arrays on every call: keep them off the kernel
+        self.memory = ReplayMemory(capacity, num_streams, window=window, frame_shape=frame_shape, seed=seed)
+
+    def add_chunks(self, chunks: list[dict[str, Any]]) -> int:
+        """Add an explorer's chunks (one per stream); return the new size."""
+        self.memory.add_chunks(chunks)
+        return len(self.memory)
+
+    def sample(self, batch_size: int, num_batches: int = 1) -> list[Batch]:
+        """``num_batches`` independent uniform batches: several per call saves Ray round trips."""
+        return [self.memory.sample(batch_size) for _ in range(num_batches)]
+
+    def gather(self, indices: Any) -> Batch:
+        """The transitions at given global positions (prioritized replay samples indices itself)."""
+        return self.memory.gather(indices)
+
+    def size(self) -> int:
+        return len(self.memory)
+
+    def counters(self) -> dict[str, int]:
+        return self.memory.counters()
+
+    def ready(self, min_size: int) -> bool:
+        """True once ``min_size`` entries are stored and a transition can be sampled."""
+        return len(self.memory) >= min_size and self.memory.can_sample()
+
+
+ReplayActor = ray.remote(num_cpus=0)(ReplayServer)

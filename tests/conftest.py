@@ -1,0 +1,29 @@
+"""Shared fixtures: one Ray instance for the whole test session (starting Ray costs seconds)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """A fresh local Ray (2 CPUs, no dashboard), shared by every test that asks for it."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
