@@ -70,6 +70,8 @@ class GifRecorder:
 def play(cfg: PlayConfig) -> list[float]:
     """Play ``cfg.episodes`` games; return their raw scores."""
     import numpy as np
+
+    kerasrl_compat.prepare_rl()  # before the first rl import: rl.callbacks needs the Keras version shim
     from rl.callbacks import Callback
     from rl.memory import SequentialMemory
     from rl.policy import EpsGreedyQPolicy, GreedyQPolicy
@@ -130,11 +132,12 @@ def play(cfg: PlayConfig) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(PlayConfig, argv, __doc__, EPILOG)
-    from actors.atari import UnknownGameError
+    from actors.atari import UnknownGameError, rom_id
     from learner.export import PolicyFileError, read_weight_shapes
 
     try:
-        read_weight_shapes(cfg.weights)  # fail fast, before TensorFlow starts
+        rom_id(cfg.game)  # fail fast, before TensorFlow starts
+        read_weight_shapes(cfg.weights)
         play(cfg)
     except (PolicyFileError, UnknownGameError) as exc:
         print(f"play.py: error: {exc}", file=sys.stderr)
