@@ -151,7 +151,7 @@ class Driver:
         self.learner = ray.remote(num_cpus=1, num_gpus=cfg.learner_gpus)(Learner).remote(
             cfg, self.n_actions, self.replay
         )
-        explorer = ray.remote(num_cpus=1)(Explorer)
+        explorer = ray.remote(num_cpus=self.explorer_cpus())(Explorer)
         self.explorers = [explorer.remote(cfg, i, self.replay) for i in range(cfg.num_actors)]
         self.weights = self.learner.get_weights.remote()
         self.env_steps = 0
@@ -163,6 +163,12 @@ class Driver:
         self.last_export_time: float | None = None
         self.last_export_step = 0
         self.log = RunLog(cfg, run_dir)
+
+    def explorer_cpus(self) -> float:
+        """One CPU per explorer, or an even share of what Ray has beside the learner's CPU,
+        so that every explorer is placed even when there are more explorers than cores."""
+        total = self.ray.cluster_resources().get("CPU", 1.0)
+        return min(1.0, max(0.01, (total - 1.0) / self.cfg.num_actors))
 
     # --- the replay ratio -------------------------------------------------------------------
     def updates_allowed(self) -> int:
@@ -255,11 +261,16 @@ class Driver:
 
     def close(self) -> None:
         self.log.close()
+        for handle in [*self.explorers, self.learner, self.replay]:
+            self.ray.kill(handle)
 
 
-def _init_ray(cfg: Config) -> None:
+def _init_ray(cfg: Config) -> bool:
+    """Start or join Ray as ``--address`` says; False when Ray was already up (tests, notebooks)."""
     import ray
 
+    if ray.is_initialized():
+        return False
     env = {"env_vars": dict(kerasrl_compat.PROCESS_ENV)}
     if cfg.address is None:
         cpus = cfg.num_cpus or os.cpu_count() or 2
@@ -273,6 +284,7 @@ def _init_ray(cfg: Config) -> None:
         )
     else:
         ray.init(address=cfg.address, runtime_env=env, logging_level="error", log_to_driver=False)
+    return True
 
 
 def launch(cfg: Config) -> Path:
@@ -282,7 +294,7 @@ def launch(cfg: Config) -> Path:
     run_dir = Path(cfg.run_dir or time.strftime(f"runs/{cfg.game.lower()}-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    _init_ray(cfg)
+    owns_ray = _init_ray(cfg)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     driver = None
     try:
@@ -307,7 +319,8 @@ def launch(cfg: Config) -> Path:
     finally:
         if driver is not None:
             driver.close()
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return run_dir

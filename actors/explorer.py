@@ -99,7 +99,7 @@ class Explorer:
         )
         self.weights_version = -1
         self.state = np.zeros((k, WINDOW, *FRAME_SHAPE), np.uint8)
-        self.frame = np.zeros((k, *FRAME_SHAPE), np.uint8)
+        self.frame: list[np.ndarray] = [np.zeros(FRAME_SHAPE, np.uint8)] * k  # newest frame per stream
         for j, s in enumerate(self.streams):
             self._begin_episode(j, s.env.reset()[0])
         self.pushes: list[Any] = []
@@ -108,7 +108,7 @@ class Explorer:
     def _begin_episode(self, j: int, frame: np.ndarray) -> None:
         self.state[j] = 0
         self.state[j, -1] = frame
-        self.frame[j] = frame
+        self.frame[j] = frame  # the env returns a fresh array per step: keeping it is safe
 
     def set_weights(self, weights: list[np.ndarray], version: int) -> None:
         if version != self.weights_version:

@@ -1,0 +1,160 @@
+"""The distributed path on a real local Ray: explorer transitions, learner target sync, a whole run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kerasrl_compat
+from actors.atari import make_env
+from actors.explorer import Explorer, stream_epsilon
+from config import Config
+from replay.memory import Batch
+from replay.server import ReplayServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _by_value() -> None:
+    """Ray workers cannot import this test module: ship its classes by value."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class RecordingReplay(ReplayServer):
+    """The real replay server, also keeping every chunk it was sent, for inspection."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunks: list[dict] = []
+
+    def add_chunks(self, chunks: list[dict]) -> int:
+        self.chunks.extend({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in c.items()} for c in chunks)
+        return super().add_chunks(chunks)
+
+    def recorded(self) -> list[dict]:
+        return self.chunks
+
+
+def test_ape_x_ladder() -> None:
+    cfg = Config(num_actors=4, envs_per_actor=2)
+    eps = [stream_epsilon(cfg, i) for i in range(cfg.num_streams)]
+    assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
+    assert eps == sorted(eps, reverse=True)
+    assert eps[3] == pytest.approx(0.4 ** (1 + 7 * 3 / 7))
+    assert stream_epsilon(Config(num_actors=1, envs_per_actor=1), 0) == pytest.approx(0.4)
+    anneal = Config(exploration="anneal", eps_start=1.0, eps_end=0.1, eps_anneal_steps=100)
+    assert stream_epsilon(anneal, 5, 50) == pytest.approx(0.55)
+    assert stream_epsilon(anneal, 5, 10_000) == pytest.approx(0.1)
+
+
+def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
+    """Every pushed frame is what the emulator shows after the recorded actions."""
+    ray = ray_session
+    _by_value()
+    cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=5)
+    replay = ray.remote(num_cpus=0)(RecordingReplay).remote(2000, cfg.num_streams, seed=0)
+    explorer = ray.remote(num_cpus=0)(Explorer).remote(cfg, 0, replay)
+    try:
+        reports = [ray.get(explorer.run.remote(None, 400)) for _ in range(2)]
+        ray.get(explorer.flush.remote())
+        chunks = ray.get(replay.recorded.remote())
+        counters = ray.get(replay.counters.remote())
+        batch = ray.get(replay.sample.remote(16, 2))
+    finally:
+        ray.kill(explorer)
+        ray.kill(replay)
+    assert sum(r["steps"] for r in reports) == 800
+    terminals = sum(int(c["terminals"].sum()) for c in chunks)
+    assert terminals > 0, "800 random Breakout steps lose at least one life"
+    # one entry per step, plus keras-rl's extra terminal-observation entry per episode end
+    assert counters["added"] >= 800 + terminals
+    for stream in range(cfg.num_streams):
+        mine = [c for c in chunks if c["stream"] == stream]
+        assert mine[0]["new_segment"] and not any(c["new_segment"] for c in mine[1:])
+        frames = np.concatenate([c["frames"] for c in mine])
+        actions = np.concatenate([c["actions"] for c in mine])
+        rewards = np.concatenate([c["rewards"] for c in mine])
+        terms = np.concatenate([c["terminals"] for c in mine])
+        assert set(np.unique(rewards)) <= {0.0, 1.0}, "training rewards are clipped"
+        assert actions.max() < 4
+        env = make_env(cfg.game, training=True, seed=cfg.seed * 100_003 + stream)
+        frame = env.reset()[0]
+        i = 0
+        while i < len(frames):
+            assert np.array_equal(frames[i], frame), f"stream {stream}: frame {i} differs from the emulator"
+            frame, reward, terminated, truncated, _ = env.step(int(actions[i]))
+            assert rewards[i] == reward and terms[i] == terminated
+            if terminated or truncated:
+                i += 1
+                if i < len(frames):
+                    assert np.array_equal(frames[i], frame) and rewards[i] == 0 and not terms[i]
+                frame = env.reset()[0]
+            i += 1
+    for b in batch:
+        assert isinstance(b, Batch) and b.state0.shape == (16, 4, 84, 84) and b.state0.dtype == np.uint8
+        assert np.array_equal(b.state0[:, 1:], b.state1[:, :-1])
+
+
+def test_target_network_syncs_exactly_every_n_learner_steps() -> None:
+    from learner.learner import Learner
+
+    cfg = Config(target_update=3, batch_size=8, learning_rate=1e-3)
+    learner = Learner(cfg, n_actions=4)
+    rng = np.random.default_rng(0)
+
+    def batch() -> Batch:
+        frames = rng.integers(0, 255, (8, 4, 84, 84), dtype=np.uint8)
+        return Batch(frames, rng.integers(0, 4, 8), rng.random(8).astype(np.float32),
+                     np.zeros(8, bool), frames, np.arange(8))
+
+    def same(a: list, b: list) -> bool:
+        return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    initial = learner.target.get_weights()
+    for step in range(1, 11):
+        learner.update(batch())
+        assert learner.steps == step
+        assert learner.target_syncs == step // 3
+        online, target = learner.online.get_weights(), learner.target.get_weights()
+        if step % 3 == 0:
+            assert same(online, target), f"target not synced at learner step {step}"
+        else:
+            assert not same(online, target)
+        if step < 3:
+            assert same(target, initial), "target moved before its first sync"
+
+
+def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) -> None:
+    """A whole launch.py run (2 explorers, tiny sizes) on the session's Ray, then keras-rl plays it."""
+    import launch
+
+    run_dir = tmp_path / "run"
+    argv = ["--num-actors", "2", "--envs-per-actor", "2", "--total-env-steps", "1200", "--learning-starts", "400",
+            "--replay-capacity", "3000", "--export-every", "40", "--target-update", "50", "--log-every", "2",
+            "--run-dir", str(run_dir)]
+    assert launch.main(argv) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    assert last["env_steps"] == 1200
+    # the replay ratio: 8 samples per inserted transition after learning starts, batches of 32
+    assert last["learner_steps"] == (1200 - 400) * 8 // 32
+    assert last["target_syncs"] == last["learner_steps"] // 50
+    assert json.loads((run_dir / "config.json").read_text())["num_actors"] == 2
+    assert (run_dir / "episodes.csv").read_text().startswith("env_step,stream,epsilon,score")
+    assert any((run_dir / "tb").iterdir())
+    policy = run_dir / "policy.h5"
+    assert policy.stat().st_size > 6_000_000
+    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV)
+    out = subprocess.run([sys.executable, str(ROOT / "tests/reference/kerasrl_play.py"), str(policy)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REFERENCE_OK" in out.stdout
+    assert ray_session.is_initialized(), "launch must leave a Ray it did not start running"
