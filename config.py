@@ -172,6 +172,11 @@ class Config:
     address: str | None = flag(None, "Ray to use: unset = a fresh local Ray on this machine; 'auto' or "
                                "HOST:PORT = join that running cluster")
     num_cpus: int | None = flag(None, "CPUs of the local Ray (default: this machine's cores)", low=1)
+    explorer_cpus: float | None = flag(None, "CPUs each explorer reserves (default: 1, or an even share when "
+                                       "Ray has fewer CPUs than explorers + learner)", low=0.01)
+    explorer_resource: str | None = flag(None, "custom Ray resource each explorer needs one unit of: nodes that "
+                                         "declare it host explorers, that many each (cluster.yaml gives worker "
+                                         "nodes 'explorer')")
     seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
 
     @property

@@ -84,7 +84,7 @@ class RunLog:
         self.episodes_file.flush()
 
     def progress(self, env_steps: int, learner_steps: int, replay_size: int, learner: dict,
-                 epsilon: float, last_export: float | None) -> None:
+                 epsilon: float, last_export: float | None, explorer_failures: int = 0) -> None:
         now = time.monotonic()
         t, e, u = self.last
         dt = max(now - t, 1e-9)
@@ -104,6 +104,7 @@ class RunLog:
             "mean_q": learner.get("mean_q"),
             "epsilon": epsilon,
             "target_syncs": learner.get("target_syncs", 0),
+            "explorer_restarts": explorer_failures,
         }
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
@@ -118,7 +119,8 @@ class RunLog:
         print(
             f"env {env_steps:>10,}/{self.cfg.total_env_steps:,} ({100 * env_steps / self.cfg.total_env_steps:4.1f}%)"
             f" | {env_rate:6.0f} env/s | {upd_rate:5.1f} upd/s | replay {replay_size:,} | "
-            f"score(last {len(self.scores)}) {mean:6.2f} | loss {loss:.4f} | export {export} | eta {_hms(eta)}",
+            f"score(last {len(self.scores)}) {mean:6.2f} | loss {loss:.4f} | export {export} | eta {_hms(eta)}"
+            + (f" | explorer restarts {explorer_failures}" if explorer_failures else ""),
             flush=True,
         )
 
@@ -133,6 +135,7 @@ class Driver:
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from actors.atari import make_env
         from actors.explorer import Explorer
@@ -145,14 +148,27 @@ class Driver:
         self.n_actions = int(probe.action_space.n)
         probe.close()
         self.export_model = build_q_network(self.n_actions)
-        self.replay = ray.remote(num_cpus=0)(ReplayServer).remote(
+        # The replay and the learner stay on the driver's node (the head of a cluster) unless the
+        # learner asks for a GPU; explorers go wherever CPUs (or --explorer-resource) are free.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.replay = ray.remote(ReplayServer).options(num_cpus=0, scheduling_strategy=here).remote(
             cfg.replay_capacity, cfg.num_streams, seed=cfg.seed
         )
-        self.learner = ray.remote(num_cpus=1, num_gpus=cfg.learner_gpus)(Learner).remote(
-            cfg, self.n_actions, self.replay
-        )
-        explorer = ray.remote(num_cpus=self.explorer_cpus())(Explorer)
+        learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus}
+        if not cfg.learner_gpus:
+            learner_options["scheduling_strategy"] = here
+        self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, self.replay)
+        explorer_options: dict[str, Any] = {
+            "num_cpus": cfg.explorer_cpus or self.explorer_cpus(),
+            "max_restarts": -1,  # a crashed explorer (or its lost node) comes back and plays on
+            "max_task_retries": 0,  # ...but the run() it was in is lost: the driver just starts another
+        }
+        if cfg.explorer_resource:
+            explorer_options["resources"] = {cfg.explorer_resource: 1}
+        explorer = ray.remote(Explorer).options(**explorer_options)
         self.explorers = [explorer.remote(cfg, i, self.replay) for i in range(cfg.num_actors)]
+        self.explorer_failures = 0
+        self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
         self.weights = self.learner.get_weights.remote()
         self.env_steps = 0
         self.env_steps_issued = 0
@@ -192,7 +208,9 @@ class Driver:
         k = self.cfg.envs_per_actor
         steps = max(k, -(-steps // k) * k)
         self.env_steps_issued += steps
-        return self.explorers[i].run.remote(self.weights, steps, self.env_steps)
+        ref = self.explorers[i].run.remote(self.weights, steps, self.env_steps)
+        self._issued[ref] = steps
+        return ref
 
     def _start_learner(self) -> Any | None:
         n = min(self.cfg.updates_per_call, self.updates_allowed() - self.updates_issued)
@@ -230,23 +248,33 @@ class Driver:
                         self.export()
                 else:
                     i = running.pop(ref)
-                    result = ray.get(ref)
+                    idle.add(i)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayActorError as exc:
+                        # Ray restarts the explorer (max_restarts=-1); its lost steps are re-issued.
+                        self.explorer_failures += 1
+                        self.env_steps_issued -= self._issued.pop(ref)
+                        print(f"explorer {i} failed ({type(exc).__name__}); it restarts and plays on "
+                              f"({self.explorer_failures} failure(s) so far)", flush=True)
+                        continue
+                    self._issued.pop(ref)
                     self.env_steps += result["steps"]
                     self.epsilons[i] = result["epsilons"]
                     self.log.games_done(self.env_steps, result["games"])
-                    idle.add(i)
             now = time.monotonic()
             if now - last_print >= cfg.log_every:
                 last_print = now
                 replay_size = ray.get(self.replay.size.remote())
                 self.print_progress(replay_size)
-        ray.get([e.flush.remote() for e in self.explorers])
+        # let the last pushes land; an explorer that is restarting has nothing left to flush
+        ray.wait([e.flush.remote() for e in self.explorers], num_returns=len(self.explorers), timeout=30)
 
     def print_progress(self, replay_size: int) -> None:
         eps = [e for v in self.epsilons.values() for e in v]
         mean_eps = sum(eps) / len(eps) if eps else float("nan")
         self.log.progress(self.env_steps, self.updates_done, replay_size, self.learner_metrics, mean_eps,
-                          self.last_export_time)
+                          self.last_export_time, self.explorer_failures)
 
     def export(self) -> Path:
         """Write RUN_DIR/policy.h5 from the learner's newest weights, atomically."""

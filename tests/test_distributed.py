@@ -158,3 +158,45 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     assert out.returncode == 0, out.stderr[-2000:]
     assert "REFERENCE_OK" in out.stdout
     assert ray_session.is_initialized(), "launch must leave a Ray it did not start running"
+
+
+def _explorer_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::Explorer" in line]
+
+
+def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Path) -> None:
+    """SIGKILL an explorer mid-run: Ray restarts it, the driver counts it, the run completes."""
+    import signal
+    import threading
+    import time
+
+    import launch
+
+    run_dir = tmp_path / "run"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        metrics = run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline:
+            if metrics.exists() and any(json.loads(x)["env_steps"] > 0 for x in metrics.read_text().splitlines()):
+                pids = _explorer_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                    return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    argv = ["--num-actors", "2", "--envs-per-actor", "2", "--total-env-steps", "4000", "--learning-starts", "400",
+            "--replay-capacity", "5000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.5",
+            "--run-dir", str(run_dir)]
+    assert launch.main(argv) == 0
+    thread.join(timeout=5)
+    assert killed, "the explorer was never killed: the run ended too soon"
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["explorer_restarts"] >= 1
+    assert last["env_steps"] == 4000
+    assert (run_dir / "policy.h5").stat().st_size > 6_000_000
