@@ -62,8 +62,12 @@ def _describe(f: dataclasses.Field) -> str:
     return text + " (default: %(default)s)"
 
 
-def build_parser(cls: type, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    cls: type, description: str, epilog: str | None = None, prog: str | None = None
+) -> argparse.ArgumentParser:
     parser = _Parser(
+        prog=prog,
+        allow_abbrev=False,  # a typo like --num-actor must not silently mean --num-actors
         description=description,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -97,13 +101,13 @@ def check_ranges(cfg: Any) -> None:
 
 
 def parse(
-    cls: type[T], argv: Sequence[str] | None, description: str, epilog: str | None = None
+    cls: type[T], argv: Sequence[str] | None, description: str, epilog: str | None = None, prog: str | None = None
 ) -> T:
     """Parse ``argv`` into ``cls``; exit 2 with a one-line message on any bad value.
 
     ``cls`` may define ``validate(self)`` raising ValueError for checks across fields.
     """
-    parser = build_parser(cls, description, epilog)
+    parser = build_parser(cls, description, epilog, prog)
     args = parser.parse_args(argv)
     cfg = cls(**{k: v for k, v in vars(args).items()})
     try:
@@ -166,6 +170,12 @@ class Config:
     learner_threads: int = flag(0, "TensorFlow threads for the learner (0: all cores of its node)", low=0)
     # outputs
     export_every: int = flag(10_000, "write RUN_DIR/policy.h5 every N learner steps (and at the end)", low=1)
+    checkpoint_every: int = flag(10_000, "write RUN_DIR/checkpoint.npz every N learner steps (and at the end)",
+                                 low=1)
+    save_replay: bool = flag(False, "also save the replay memory with every checkpoint (RUN_DIR/replay.npz, "
+                             "about 7 KB per transition) so --resume continues with it instead of refilling")
+    resume: str | None = flag(None, "continue the run in this run directory from its checkpoint, with its "
+                              "config.json; flags given beside it override (e.g. a larger --total-env-steps)")
     run_dir: str | None = flag(None, "folder for policy.h5, logs and TensorBoard (default: runs/<game>-<time>)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
     # where
@@ -184,6 +194,8 @@ class Config:
         return self.num_actors * self.envs_per_actor
 
     def validate(self) -> None:
+        if self.resume:
+            return  # checked by launch.py once merged with the saved run's config
         if self.learning_starts > self.total_env_steps:
             raise ValueError(
                 f"--learning-starts ({self.learning_starts}) exceeds --total-env-steps ({self.total_env_steps})"
@@ -197,3 +209,11 @@ class Config:
                 f"--replay-capacity must hold at least 10 transitions per emulator stream "
                 f"({self.num_streams} streams): use at least {10 * self.num_streams}"
             )
+
+
+def given_flags(cls: type, argv: Sequence[str] | None) -> set[str]:
+    """Names of the fields whose flags appear in ``argv`` (to let them override a saved config)."""
+    parser = build_parser(cls, "")
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))

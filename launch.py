@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import Config, parse
+from config import Config, check_ranges, given_flags, parse
+from learner.checkpoint import CHECKPOINT
 
 EPILOG = """run directory (--run-dir):
   policy.h5        newest Q-network, keras-rl DQNAgent format (every --export-every learner steps, and at the end)
+  checkpoint.npz   networks, optimizer and counters for --resume (every --checkpoint-every learner steps, at the end)
+  replay.npz       the replay memory, with --save-replay
   config.json      every setting of this run
   metrics.jsonl    one record per progress line (the same scalars as TensorBoard)
   episodes.csv     raw score of every finished game: env step, stream, epsilon, score
@@ -38,12 +41,20 @@ examples:
 """
 
 
+REPLAY_FILE = "replay.npz"
+
+
 class Stop(Exception):
-    """Raised from a signal handler to end the run cleanly."""
+    """Ends the run cleanly (final export and checkpoint) after SIGINT or SIGTERM."""
+
+
+_stop_requested: list[str] = []
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    raise Stop(signal.Signals(signum).name)
+    # Only note it: raising inside Ray's C++ wait would surface as a SystemError. The loop
+    # checks at least twice a second.
+    _stop_requested.append(signal.Signals(signum).name)
 
 
 def _hms(seconds: float) -> str:
@@ -56,7 +67,7 @@ def _hms(seconds: float) -> str:
 class RunLog:
     """Progress lines, TensorBoard scalars, metrics.jsonl and episodes.csv of one run."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, games: int = 0) -> None:
         tf = kerasrl_compat.load_tensorflow()
 
         self.cfg = cfg
@@ -71,7 +82,7 @@ class RunLog:
         self.scores: deque[float] = deque(maxlen=100)
         self.start = time.monotonic()
         self.last = (self.start, 0, 0)
-        self.games = 0
+        self.games = games
 
     def games_done(self, env_steps: int, games: list[dict]) -> None:
         wall = round(time.monotonic() - self.start, 1)
@@ -84,7 +95,7 @@ class RunLog:
         self.episodes_file.flush()
 
     def progress(self, env_steps: int, learner_steps: int, replay_size: int, learner: dict,
-                 epsilon: float, last_export: float | None, explorer_failures: int = 0) -> None:
+                 epsilon: float, last_export: float | None, restarts: dict[str, int] | None = None) -> None:
         now = time.monotonic()
         t, e, u = self.last
         dt = max(now - t, 1e-9)
@@ -104,7 +115,7 @@ class RunLog:
             "mean_q": learner.get("mean_q"),
             "epsilon": epsilon,
             "target_syncs": learner.get("target_syncs", 0),
-            "explorer_restarts": explorer_failures,
+            **{f"{role}_restarts": n for role, n in (restarts or {}).items()},
         }
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
@@ -120,7 +131,7 @@ class RunLog:
             f"env {env_steps:>10,}/{self.cfg.total_env_steps:,} ({100 * env_steps / self.cfg.total_env_steps:4.1f}%)"
             f" | {env_rate:6.0f} env/s | {upd_rate:5.1f} upd/s | replay {replay_size:,} | "
             f"score(last {len(self.scores)}) {mean:6.2f} | loss {loss:.4f} | export {export} | eta {_hms(eta)}"
-            + (f" | explorer restarts {explorer_failures}" if explorer_failures else ""),
+            + "".join(f" | {role} restarts {n}" for role, n in (restarts or {}).items() if n),
             flush=True,
         )
 
@@ -133,7 +144,7 @@ class RunLog:
 class Driver:
     """Builds the actors, keeps the replay ratio and runs the loop until the step budget is spent."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, resume: tuple[dict, dict] | None = None) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -151,10 +162,15 @@ class Driver:
         # The replay and the learner stay on the driver's node (the head of a cluster) unless the
         # learner asks for a GPU; explorers go wherever CPUs (or --explorer-resource) are free.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.replay = ray.remote(ReplayServer).options(num_cpus=0, scheduling_strategy=here).remote(
-            cfg.replay_capacity, cfg.num_streams, seed=cfg.seed
-        )
-        learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus}
+        # The replay needs no CPU, so it always fits here: pin it hard (Ray 2.60 spreads 0-CPU
+        # actors with a soft affinity over a cluster's nodes, where losing a worker would lose it).
+        pinned = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        learner_state, state = resume if resume else (None, {})
+        self.generation = state.get("generation", -1) + 1  # new emulator seeds on every resume
+        self.replay = ray.remote(ReplayServer).options(
+            num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # comes back empty; see refill
+        ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation)
+        learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1}
         if not cfg.learner_gpus:
             learner_options["scheduling_strategy"] = here
         self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, self.replay)
@@ -166,19 +182,25 @@ class Driver:
         if cfg.explorer_resource:
             explorer_options["resources"] = {cfg.explorer_resource: 1}
         explorer = ray.remote(Explorer).options(**explorer_options)
-        self.explorers = [explorer.remote(cfg, i, self.replay) for i in range(cfg.num_actors)]
-        self.explorer_failures = 0
+        self.explorers = [explorer.remote(cfg, i, self.replay, self.generation) for i in range(cfg.num_actors)]
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
-        self.weights = self.learner.get_weights.remote()
-        self.env_steps = 0
-        self.env_steps_issued = 0
-        self.updates_done = 0
-        self.updates_issued = 0
+        self.env_steps = state.get("env_steps", 0)
+        self.env_steps_issued = self.env_steps
+        self.updates_done = self.updates_issued = int(learner_state["steps"]) if learner_state else 0
+        self.explorer_failures = state.get("explorer_failures", 0)
+        self.replay_failures = state.get("replay_failures", 0)
+        self.learner_failures = state.get("learner_failures", 0)
+        self.replay_instance: str | None = None
+        self.last_export_step = self.last_checkpoint_step = self.updates_done
         self.learner_metrics: dict = {}
         self.epsilons: dict[int, list[float]] = {}
         self.last_export_time: float | None = None
-        self.last_export_step = 0
-        self.log = RunLog(cfg, run_dir)
+        self.log = RunLog(cfg, run_dir, games=state.get("games", 0))
+        self.refill_from = (0, 0)  # (env steps, learner steps) when the replay last started empty
+        if learner_state is not None:
+            ray.get(self.learner.set_state.remote(learner_state))
+            self.restore_replay()
+        self.weights = self.learner.get_weights.remote()
 
     def explorer_cpus(self) -> float:
         """One CPU per explorer, or an even share of what Ray has beside the learner's CPU,
@@ -188,17 +210,30 @@ class Driver:
 
     # --- the replay ratio -------------------------------------------------------------------
     def updates_allowed(self) -> int:
-        over = self.env_steps - self.cfg.learning_starts
+        """Learner steps the replay ratio allows so far. After the replay starts empty (a fresh
+        run, a resume without a saved replay, a restarted replay actor) learning pauses until
+        --learning-starts new transitions are in, then goes on at --samples-per-insert."""
+        env_base, updates_base = self.refill_from
+        over = self.env_steps - env_base - self.cfg.learning_starts
         if over < 0:
-            return 0
-        return int(over * self.cfg.samples_per_insert / self.cfg.batch_size)
+            return updates_base
+        return updates_base + int(over * self.cfg.samples_per_insert / self.cfg.batch_size)
+
+    def replay_emptied(self) -> None:
+        """The replay actor died and came back empty: refill before learning again."""
+        self.replay_failures += 1
+        self.refill_from = (self.env_steps, self.updates_done)
+        print(f"the replay memory was lost ({self.replay_failures} time(s)); it restarts empty and learning "
+              f"resumes after {self.cfg.learning_starts:,} new transitions", flush=True)
 
     def actor_may_run(self) -> bool:
         """Explorers may run ahead of the learner by a bounded slack, then wait for it."""
         cfg = self.cfg
         if self.env_steps_issued >= cfg.total_env_steps:
             return False
-        covered = cfg.learning_starts + self.updates_done * cfg.batch_size / cfg.samples_per_insert
+        env_base, updates_base = self.refill_from
+        learned = (self.updates_done - updates_base) * cfg.batch_size / cfg.samples_per_insert
+        covered = env_base + cfg.learning_starts + learned
         slack = 2 * cfg.num_actors * cfg.weight_sync_every + 2 * cfg.updates_per_call * cfg.batch_size
         return self.env_steps_issued < covered + slack
 
@@ -225,8 +260,9 @@ class Driver:
         idle = set(range(cfg.num_actors))
         learner_future = None
         last_print = time.monotonic()
-        replay_size = 0
         while True:
+            if _stop_requested:
+                raise Stop(_stop_requested[0])
             for i in sorted(idle):
                 if self.actor_may_run():
                     running[self._start_actor(i)] = i
@@ -239,42 +275,128 @@ class Driver:
             ready, _ = ray.wait(pending, num_returns=1, timeout=0.5)
             for ref in ready:
                 if ref is learner_future:
-                    result = ray.get(ref)
                     learner_future = None
-                    self.updates_done += result["updates"]
-                    self.learner_metrics = result
-                    self.weights = self.learner.get_weights.remote()
-                    if result["learner_steps"] - self.last_export_step >= cfg.export_every:
-                        self.export()
+                    self._learner_done(ref)
                 else:
                     i = running.pop(ref)
                     idle.add(i)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayActorError as exc:
-                        # Ray restarts the explorer (max_restarts=-1); its lost steps are re-issued.
-                        self.explorer_failures += 1
-                        self.env_steps_issued -= self._issued.pop(ref)
-                        print(f"explorer {i} failed ({type(exc).__name__}); it restarts and plays on "
-                              f"({self.explorer_failures} failure(s) so far)", flush=True)
-                        continue
-                    self._issued.pop(ref)
-                    self.env_steps += result["steps"]
-                    self.epsilons[i] = result["epsilons"]
-                    self.log.games_done(self.env_steps, result["games"])
+                    self._explorer_done(i, ref)
             now = time.monotonic()
             if now - last_print >= cfg.log_every:
                 last_print = now
-                replay_size = ray.get(self.replay.size.remote())
-                self.print_progress(replay_size)
+                self.print_progress(self.replay_size())
         # let the last pushes land; an explorer that is restarting has nothing left to flush
         ray.wait([e.flush.remote() for e in self.explorers], num_returns=len(self.explorers), timeout=30)
+
+    def _learner_done(self, ref: Any) -> None:
+        ray, cfg = self.ray, self.cfg
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            self.learner_lost()
+            return
+        self.updates_issued -= result["asked"] - result["updates"]  # a lost replay cut the call short
+        self.updates_done += result["updates"]
+        self.learner_metrics = result
+        self.weights = self.learner.get_weights.remote()
+        if result["replay_lost"]:
+            self.replay_size()  # notices the new replay instance and starts the refill
+        if self.updates_done - self.last_export_step >= cfg.export_every:
+            self.export()
+        if self.updates_done - self.last_checkpoint_step >= cfg.checkpoint_every:
+            self.checkpoint()
+
+    def _explorer_done(self, i: int, ref: Any) -> None:
+        ray = self.ray
+        steps = self._issued.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            # Ray restarts the explorer (max_restarts=-1); its lost steps are re-issued.
+            self.explorer_failures += 1
+            self.env_steps_issued -= steps
+            print(f"explorer {i} failed ({type(exc).__name__}); it restarts and plays on "
+                  f"({self.explorer_failures} failure(s) so far)", flush=True)
+            return
+        self.env_steps += result["steps"]
+        self.epsilons[i] = result["epsilons"]
+        self.log.games_done(self.env_steps, result["games"])
+
+    def replay_size(self) -> int:
+        """The replay's size; notices a restarted (empty) replay actor and starts the refill."""
+        for attempt in range(600):  # a restarting replay answers within seconds; give it a minute
+            try:
+                instance, size = self.ray.get(self.replay.status.remote())
+                break
+            except (self.ray.exceptions.ActorUnavailableError, self.ray.exceptions.RayActorError):
+                if attempt == 599:
+                    raise
+                time.sleep(0.1)
+        if self.replay_instance is not None and instance != self.replay_instance:
+            self.replay_emptied()
+        self.replay_instance = instance
+        return size
+
+    def learner_lost(self) -> None:
+        """The learner died: Ray restarts it; continue from the last checkpoint's networks."""
+        from learner.checkpoint import CheckpointError, load_checkpoint
+
+        self.learner_failures += 1
+        try:
+            learner_state, _ = load_checkpoint(self.run_dir)
+        except CheckpointError:
+            learner_state = None
+        if learner_state is not None:
+            self.ray.get(self.learner.set_state.remote(learner_state))
+            self.updates_done = self.updates_issued = int(learner_state["steps"])
+        else:
+            self.updates_done = self.updates_issued = 0
+        self.refill_from = (self.refill_from[0], min(self.refill_from[1], self.updates_done))
+        self.weights = self.learner.get_weights.remote()
+        print(f"the learner failed ({self.learner_failures} time(s)); restarted from "
+              f"{'the last checkpoint' if learner_state else 'scratch (no checkpoint yet)'} at learner step "
+              f"{self.updates_done:,}", flush=True)
+
+    def driver_state(self) -> dict:
+        return {
+            "env_steps": self.env_steps,
+            "updates_done": self.updates_done,
+            "explorer_failures": self.explorer_failures,
+            "replay_failures": self.replay_failures,
+            "learner_failures": self.learner_failures,
+            "games": self.log.games,
+            "generation": self.generation,
+            "n_actions": self.n_actions,
+            "game": self.cfg.game,
+        }
+
+    def checkpoint(self) -> Path:
+        """Write RUN_DIR/checkpoint.npz (and with --save-replay RUN_DIR/replay.npz), atomically."""
+        from learner.checkpoint import save_checkpoint
+
+        if self.cfg.save_replay:
+            self.ray.get(self.replay.save.remote(str(self.run_dir / REPLAY_FILE)))
+        learner_state = self.ray.get(self.learner.get_state.remote())
+        driver_state = dict(self.driver_state(), updates_done=learner_state["steps"])  # a call may be in flight
+        path = save_checkpoint(self.run_dir, learner_state, driver_state)
+        self.last_checkpoint_step = self.updates_done
+        return path
+
+    def restore_replay(self) -> None:
+        """On resume: reload the saved replay if there is one, else refill before learning."""
+        saved = self.run_dir / REPLAY_FILE
+        if self.cfg.save_replay and saved.exists():
+            size = self.ray.get(self.replay.load.remote(str(saved)))
+            print(f"replay memory restored: {size:,} transitions", flush=True)
+        else:
+            self.refill_from = (self.env_steps, self.updates_done)
 
     def print_progress(self, replay_size: int) -> None:
         eps = [e for v in self.epsilons.values() for e in v]
         mean_eps = sum(eps) / len(eps) if eps else float("nan")
         self.log.progress(self.env_steps, self.updates_done, replay_size, self.learner_metrics, mean_eps,
-                          self.last_export_time, self.explorer_failures)
+                          self.last_export_time, {"explorer": self.explorer_failures,
+                                                  "replay": self.replay_failures, "learner": self.learner_failures})
 
     def export(self) -> Path:
         """Write RUN_DIR/policy.h5 from the learner's newest weights, atomically."""
@@ -291,6 +413,67 @@ class Driver:
         self.log.close()
         for handle in [*self.explorers, self.learner, self.replay]:
             self.ray.kill(handle)
+
+
+#: The folder the driver imports the project from: with --address it travels to every node.
+CODE_ROOT = Path(kerasrl_compat.__file__).resolve().parent
+#: What stays behind (Ray also skips .git, .venv, __pycache__ and what .gitignore lists).
+CODE_EXCLUDES = [".git", ".venv", "runs", "tests", "bench", "docs", "*.h5", "*.npz", "*.gif"]
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime env ``ray job submit`` gave this driver ({} when not run as a Ray job)."""
+    return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+
+
+def cluster_runtime_env() -> dict[str, Any]:
+    """Ray runtime environment for joining a cluster.
+
+    The project's code goes to every node as Ray's ``working_dir``, so explorers on any node run
+    exactly the driver's code, and a node needs only the pinned packages. A job started with
+    ``ray job submit --working-dir`` already ships its code (and maybe env vars): those are kept,
+    because Ray refuses a driver runtime env that redefines them.
+    """
+    job = _job_runtime_env()
+    taken = job.get("env_vars") or {}
+    env: dict[str, Any] = {"env_vars": {k: v for k, v in kerasrl_compat.PROCESS_ENV.items() if k not in taken}}
+    if "working_dir" not in job:
+        env.update(working_dir=str(CODE_ROOT), excludes=CODE_EXCLUDES)
+    return env
+
+
+def _check_cluster(cfg: Config) -> None:
+    """Fail fast, in one line, when no Ray cluster answers at ``--address`` (ray.init would
+    otherwise retry for a minute and end in a traceback, after the run directory was made)."""
+    import socket
+
+    import ray
+    from ray._common.network_utils import parse_address
+    from ray._private import services
+
+    if "working_dir" in _job_runtime_env() and not Path(cfg.run_dir or "runs").is_absolute():
+        raise LaunchError("a job sent with `ray job submit --working-dir` runs in a temporary folder: give an "
+                          "absolute --run-dir (e.g. --run-dir /home/ubuntu/runs/breakout) to keep the results")
+    if ray.is_initialized():
+        return
+    address = cfg.address
+    hint = "start one with `ray up cluster.yaml` (see docs/cluster.md) or `ray start --head`, or leave out --address"
+    target = address
+    if address == "auto":
+        try:
+            target = services.get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise LaunchError(f"--address auto: no running Ray cluster found on this machine; {hint}") from None
+    parsed = parse_address(target.removeprefix("ray://"))
+    if parsed is None or not parsed[1].isdigit():
+        raise LaunchError(f"--address {address}: expected auto or HOST:PORT of the head (port 6379 by default)")
+    host, port = parsed
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        found = f" (found {target})" if target != address else ""
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise LaunchError(f"--address {address}{found}: no Ray cluster answers there ({why}); {hint}") from None
 
 
 def _init_ray(cfg: Config) -> bool:
@@ -310,29 +493,132 @@ def _init_ray(cfg: Config) -> bool:
             logging_level="error",
             log_to_driver=False,  # workers' output goes to Ray's session logs, not the console
         )
-    else:
-        ray.init(address=cfg.address, runtime_env=env, logging_level="error", log_to_driver=False)
+    else:  # a cluster: the code travels with the job (see cluster_runtime_env)
+        ray.init(address=cfg.address, runtime_env=cluster_runtime_env(), logging_level="error", log_to_driver=False)
     return True
 
 
-def launch(cfg: Config) -> Path:
-    """Run a whole distributed training; return the run directory."""
+class LaunchError(Exception):
+    """Bad input found before any work starts: one line for the user, exit status 2."""
+
+
+def _check_memory(cfg: Config) -> None:
+    """Refuse a replay that cannot fit in this machine's available memory (before allocating it)."""
+    from replay.memory import ReplayMemory
+
+    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams)
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return
+    headroom = 1.5e9 + 0.8e9 * (cfg.num_actors + 1)  # TensorFlow in the learner and every explorer
+    if need + headroom > available:
+        fits = max(0, int((available - headroom) / ReplayMemory.bytes_per_transition()))
+        raise LaunchError(
+            f"--replay-capacity {cfg.replay_capacity:,} needs about {need / 1e9:.1f} GB but this machine has "
+            f"{available / 1e9:.1f} GB available (with {headroom / 1e9:.1f} GB kept for the actors); "
+            f"use at most about {fits:,}"
+        )
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """The run directory must be writable and must not hold another run (nothing is overwritten)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LaunchError(f"--run-dir {run_dir} is a file; give a folder")
+    if run_dir.is_dir() and any((run_dir / name).exists() for name in ("config.json", "policy.h5", CHECKPOINT)):
+        raise LaunchError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --run-dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise LaunchError(f"cannot write to --run-dir {run_dir} ({exc.strerror}); choose a writable folder") from None
+
+
+def _resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict]]:
+    """The saved run's config with the flags given now on top, and its checkpoint."""
+    from learner.checkpoint import CheckpointError, load_checkpoint
+
+    run_dir = Path(cfg.resume)
+    if not run_dir.is_dir():
+        raise LaunchError(f"--resume {run_dir}: no such folder; give the run directory of an earlier launch.py run")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise LaunchError(f"--resume {run_dir}: no readable config.json, so not a launch.py run directory") from None
+    fields = {f.name for f in dataclasses.fields(Config)}
+    if not isinstance(saved, dict) or not {"num_actors", "replay_capacity", "learning_starts"} <= set(saved):
+        raise LaunchError(f"--resume {run_dir}: its config.json is from another program, not launch.py")
+    merged = {k: v for k, v in saved.items() if k in fields}
+    merged.update({k: getattr(cfg, k) for k in given_flags(Config, argv)})
+    merged.update(run_dir=str(run_dir), resume=str(run_dir))
+    try:
+        new = Config(**merged)
+        check_ranges(new)
+        new.validate()
+        state = load_checkpoint(run_dir)
+    except (ValueError, TypeError) as exc:
+        raise LaunchError(f"--resume {run_dir}: {exc}") from None
+    except CheckpointError as exc:
+        raise LaunchError(str(exc)) from None
+    driver = state[1]
+    if driver.get("game") not in (None, new.game):
+        raise LaunchError(f"--resume {run_dir}: the run plays {driver['game']}, not {new.game}")
+    if driver["env_steps"] >= new.total_env_steps:
+        raise LaunchError(
+            f"{run_dir} already played {driver['env_steps']:,} of --total-env-steps {new.total_env_steps:,}; "
+            f"pass a larger --total-env-steps to continue it"
+        )
+    return new, state
+
+
+def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict] | None]:
+    """Every check that needs no Ray, done before anything is written."""
+    from actors.atari import UnknownGameError, rom_id
+
+    resume = None
+    if cfg.resume:
+        cfg, resume = _resume_config(cfg, argv)
+    try:
+        rom_id(cfg.game)
+    except UnknownGameError as exc:
+        raise LaunchError(str(exc)) from None
+    if cfg.address is None:
+        _check_memory(cfg)
+    else:
+        _check_cluster(cfg)
+    if resume is None:
+        run_dir = Path(cfg.run_dir or time.strftime(f"runs/{cfg.game.lower()}-%Y%m%d-%H%M%S"))
+        _check_run_dir(run_dir)
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    return cfg, resume
+
+
+def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
+    """Run a whole distributed training (or continue one); return the run directory."""
     import ray
 
-    run_dir = Path(cfg.run_dir or time.strftime(f"runs/{cfg.game.lower()}-%Y%m%d-%H%M%S"))
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     owns_ray = _init_ray(cfg)
+    _stop_requested.clear()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     driver = None
     try:
+        what = f"resuming {run_dir} at" if resume else "starting"
         print(
-            f"{cfg.game}: {cfg.num_actors} explorer(s) x {cfg.envs_per_actor} emulators, "
-            f"replay {cfg.replay_capacity:,}, {cfg.total_env_steps:,} agent steps; run dir {run_dir}/ "
-            f"(Ctrl-C stops and exports)",
+            f"{cfg.game}: {what} {resume[1]['env_steps'] if resume else 0:,} of {cfg.total_env_steps:,} agent steps;"
+            f" {cfg.num_actors} explorer(s) x {cfg.envs_per_actor} emulators, replay {cfg.replay_capacity:,};"
+            f" run dir {run_dir}/ (Ctrl-C stops, exports and checkpoints)",
             flush=True,
         )
-        driver = Driver(cfg, run_dir)
+        driver = Driver(cfg, run_dir, resume)
         try:
             driver.run()
             stopped = None
@@ -341,9 +627,11 @@ def launch(cfg: Config) -> Path:
         for s in previous:  # a second Ctrl-C during the final export must not cut it
             signal.signal(s, signal.SIG_IGN)
         path = driver.export()
-        driver.print_progress(ray.get(driver.replay.size.remote()))
+        driver.checkpoint()
+        driver.print_progress(driver.replay_size())
         print(f"{'stopped by ' + stopped if stopped else 'done'}: {driver.env_steps:,} agent steps, "
-              f"{driver.updates_done:,} learner steps; network saved to {path}", flush=True)
+              f"{driver.updates_done:,} learner steps; network saved to {path}, checkpoint in {run_dir}/",
+              flush=True)
     finally:
         if driver is not None:
             driver.close()
@@ -355,15 +643,13 @@ def launch(cfg: Config) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(Config, argv, __doc__, EPILOG)
-    from actors.atari import UnknownGameError, rom_id
-
+    cfg = parse(Config, argv, __doc__, EPILOG, prog="launch.py")
     try:
-        rom_id(cfg.game)
-    except UnknownGameError as exc:
+        cfg, resume = prepare(cfg, argv)
+    except LaunchError as exc:
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return 2
-    launch(cfg)
+    launch(cfg, resume)
     return 0
 
 

@@ -131,7 +131,7 @@ def play(cfg: PlayConfig) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(PlayConfig, argv, __doc__, EPILOG)
+    cfg = parse(PlayConfig, argv, __doc__, EPILOG, prog="play.py")
     from actors.atari import UnknownGameError, rom_id
     from learner.export import PolicyFileError, read_weight_shapes
 

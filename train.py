@@ -193,7 +193,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(TrainConfig, argv, __doc__, EPILOG)
+    cfg = parse(TrainConfig, argv, __doc__, EPILOG, prog="train.py")
     from actors.atari import UnknownGameError, rom_id
 
     try:

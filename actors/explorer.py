@@ -72,7 +72,7 @@ class _Stream:
 class Explorer:
     """Plays ``cfg.envs_per_actor`` emulators; stream ids are ``index * K .. index * K + K - 1``."""
 
-    def __init__(self, cfg: Config, index: int, replay: Any) -> None:
+    def __init__(self, cfg: Config, index: int, replay: Any, generation: int = 0) -> None:
         tf = kerasrl_compat.load_tensorflow()
 
         try:  # one TF thread per explorer: explorers scale by processes, not threads
@@ -87,7 +87,7 @@ class Explorer:
         self.replay = replay
         k = cfg.envs_per_actor
         self.first_stream = index * k
-        seed = cfg.seed * 100_003 + index * 1_009
+        seed = cfg.seed * 100_003 + index * 1_009 + generation * 7_919  # a resumed run plays new games
         np.random.seed(seed % 2**32)  # keras-rl's EpsGreedyQPolicy draws from np.random
         self.streams = [_Stream(make_env(cfg.game, training=True, seed=seed + j)) for j in range(k)]
         self.n_actions = int(self.streams[0].env.action_space.n)
@@ -180,18 +180,25 @@ class Explorer:
 
     def _send(self, chunks: list[dict]) -> None:
         """Push to the replay actor, with at most ``MAX_PUSHES_IN_FLIGHT`` calls outstanding."""
-        import ray
-
         self.pushes.append(self.replay.add_chunks.remote(chunks))
         if len(self.pushes) > MAX_PUSHES_IN_FLIGHT:
             done = self.pushes[: len(self.pushes) - MAX_PUSHES_IN_FLIGHT]
-            ray.get(done)
             self.pushes = self.pushes[len(done):]
+            _wait_quietly(done)
 
     def flush(self) -> int:
         """Wait for every push to land; return total steps played."""
-        import ray
-
-        ray.get(self.pushes)
+        _wait_quietly(self.pushes)
         self.pushes = []
         return self.total_steps
+
+
+def _wait_quietly(refs: list[Any]) -> None:
+    """Wait for pushes; a push lost with a dying replay actor is lost experience, not an error
+    (Ray restarts the replay and the driver refills it)."""
+    import ray
+
+    try:
+        ray.get(refs)
+    except ray.exceptions.RayError:
+        pass

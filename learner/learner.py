@@ -111,20 +111,34 @@ class Learner:
         return float(loss), float(mean_q), td.numpy()
 
     def train(self, n_updates: int) -> dict:
-        """Run ``n_updates`` updates on batches from the replay actor; return metrics."""
+        """Run up to ``n_updates`` updates on batches from the replay actor; return metrics.
+
+        If the replay actor dies meanwhile the call ends early with ``replay_lost`` set (Ray
+        restarts the replay empty; the driver refills it before asking for more updates).
+        """
+        import ray
+
         t0 = time.perf_counter()
         waited = 0.0
         losses, qs = [], []
+        replay_lost = False
         for _ in range(n_updates):
             w0 = time.perf_counter()
-            batch = self._next_batch()
+            try:
+                batch = self._next_batch()
+            except ray.exceptions.RayError:
+                self._requests.clear()
+                replay_lost = True
+                break
             waited += time.perf_counter() - w0
             loss, mean_q, _ = self.update(batch)
             losses.append(loss)
             qs.append(mean_q)
         self.weights_version += 1
         return {
-            "updates": n_updates,
+            "asked": n_updates,
+            "updates": len(losses),
+            "replay_lost": replay_lost,
             "learner_steps": self.steps,
             "target_syncs": self.target_syncs,
             "loss": float(np.mean(losses)) if losses else float("nan"),
@@ -136,6 +150,29 @@ class Learner:
     def get_weights(self) -> tuple[int, list[np.ndarray]]:
         """``(version, arrays)``: what explorers load and the driver exports."""
         return self.weights_version, self.online.get_weights()
+
+    def get_state(self) -> dict:
+        """Everything needed to continue exactly: both networks, Adam's moments, counters."""
+        self.optimizer.build(self.online.trainable_variables)
+        return {
+            "online": self.online.get_weights(),
+            "target": self.target.get_weights(),
+            "optimizer": [v.numpy() for v in self.optimizer.variables],
+            "steps": self.steps,
+            "target_syncs": self.target_syncs,
+            "weights_version": self.weights_version,
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Restore :meth:`get_state`'s output (a resumed run)."""
+        self.online.set_weights(state["online"])
+        self.target.set_weights(state["target"])
+        self.optimizer.build(self.online.trainable_variables)
+        for var, value in zip(self.optimizer.variables, state["optimizer"], strict=True):
+            var.assign(value)
+        self.steps = int(state["steps"])
+        self.target_syncs = int(state["target_syncs"])
+        self.weights_version = int(state["weights_version"])
 
     def counters(self) -> dict:
         return {"learner_steps": self.steps, "target_syncs": self.target_syncs}

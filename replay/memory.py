@@ -239,6 +239,27 @@ class ReplayMemory:
         self._ends = np.cumsum(self._sizes)
         self._total = int(self._ends[-1])
 
+    # --- persistence ----------------------------------------------------------------------
+    _STATE = ("_frames", "_actions", "_rewards", "_terminals", "_flags", "_count", "_last_terms", "_last_seg",
+              "_pending_seg")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every array and counter, for saving with the run's checkpoint."""
+        state = {name.lstrip("_"): getattr(self, name) for name in self._STATE}
+        state["shape"] = np.array([self.capacity, self.num_streams, self.window, *self.frame_shape])
+        state["totals"] = np.array([self._added, self._sampled, self._evicted])
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; the memory must have the same shape."""
+        shape = [self.capacity, self.num_streams, self.window, *self.frame_shape]
+        if list(state["shape"]) != shape:
+            raise ValueError(f"saved replay has shape {list(state['shape'])}, this one {shape}")
+        for name in self._STATE:
+            getattr(self, name)[...] = state[name.lstrip("_")]
+        self._added, self._sampled, self._evicted = (int(x) for x in state["totals"])
+        self._refresh_sizes()
+
     # --- reading --------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._total

@@ -8,8 +8,10 @@ without pickling their contents. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import numpy as np
 import ray
 
 from replay.memory import Batch, ReplayMemory, tune_malloc
@@ -28,6 +30,28 @@ class ReplayServer:
     ) -> None:
         tune_malloc()  # this process returns fresh batch arrays on every call: keep them off the kernel
         self.memory = ReplayMemory(capacity, num_streams, window=window, frame_shape=frame_shape, seed=seed)
+        self.instance = uuid.uuid4().hex  # changes when Ray restarts this actor (empty) after a crash
+
+    def status(self) -> tuple[str, int]:
+        """``(instance id, size)``: a new id tells the driver the replay restarted empty."""
+        return self.instance, len(self.memory)
+
+    def save(self, path: str) -> int:
+        """Write the whole memory to ``path`` (atomically); return the transitions saved."""
+        from learner.export import write_atomically
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **self.memory.state_dict())
+
+        write_atomically(path, write)
+        return len(self.memory)
+
+    def load(self, path: str) -> int:
+        """Replace the memory with one saved by :meth:`save`; return its size."""
+        with np.load(path) as data:
+            self.memory.load_state_dict({k: data[k] for k in data.files})
+        return len(self.memory)
 
     def add_chunks(self, chunks: list[dict[str, Any]]) -> int:
         """Add an explorer's chunks (one per stream); return the new size."""

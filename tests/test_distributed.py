@@ -200,3 +200,44 @@ def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Pa
     assert last["explorer_restarts"] >= 1
     assert last["env_steps"] == 4000
     assert (run_dir / "policy.h5").stat().st_size > 6_000_000
+
+
+def test_killed_replay_restarts_empty_refills_and_the_run_finishes(ray_session, tmp_path: Path) -> None:
+    """SIGKILL the replay actor mid-run: it comes back empty, learning waits for a refill, the run ends."""
+    import signal
+    import threading
+    import time
+
+    import launch
+
+    run_dir = tmp_path / "run"
+    killed: list[int] = []
+
+    def replay_pids() -> list[int]:
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        return [int(line.split()[0]) for line in out.splitlines() if "ray::ReplayServer" in line]
+
+    def killer() -> None:
+        deadline = time.monotonic() + 180
+        metrics = run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline:
+            if metrics.exists() and any(json.loads(x)["learner_steps"] > 0 for x in metrics.read_text().splitlines()):
+                for pid in replay_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "3000", "--learning-starts", "400",
+            "--replay-capacity", "4000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.3",
+            "--run-dir", str(run_dir)]
+    assert launch.main(argv) == 0
+    thread.join(timeout=5)
+    assert killed, "the replay was never killed"
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["replay_restarts"] == 1
+    assert records[-1]["env_steps"] == 3000
+    assert records[-1]["learner_steps"] < (3000 - 400) * 1 // 32, "learning paused while the replay refilled"
+    assert (run_dir / "policy.h5").stat().st_size > 6_000_000

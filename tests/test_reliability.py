@@ -1,0 +1,223 @@
+"""Failures and bad input: killed drivers resume, exports survive kills, signals stop cleanly,
+every bad flag gets one line and leaves the disk alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import kerasrl_compat
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), **kerasrl_compat.PROCESS_ENV)
+JOIN_ENV = dict(ENV, RAY_AUTH_MODE="token")  # the session Ray has token auth on (STACK.md)
+TINY = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "300", "--replay-capacity", "3000",
+        "--samples-per-insert", "2", "--log-every", "0.5"]
+
+
+def _launch(args: list[str], **kwargs) -> subprocess.Popen:
+    env = JOIN_ENV if "--address" in args else ENV
+    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: str, tmp_path: Path) -> None:
+    from learner.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    args = [*TINY, "--total-env-steps", "6000", "--checkpoint-every", "20", "--export-every", "20",
+            "--address", ray_address, "--run-dir", str(run)]
+    proc = _launch(args)
+    try:
+        _wait_for(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, 240, "a first checkpoint")
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    learner_state, driver_state = load_checkpoint(run)
+    assert 0 < driver_state["env_steps"] < 6000
+    assert learner_state["steps"] >= 20 and driver_state["updates_done"] == learner_state["steps"]
+    killed_at = _records(run)[-1]
+
+    resumed = _launch(["--resume", str(run), "--address", ray_address])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"resuming {run} at {driver_state['env_steps']:,}" in out
+    after = _records(run)
+    last = after[-1]
+    assert last["env_steps"] == 6000
+    first_resumed = after[len(_records_before := after[: after.index(killed_at) + 1])]
+    assert first_resumed["env_steps"] >= driver_state["env_steps"] and len(_records_before) >= 1
+    # learning restarts after a refill of --learning-starts transitions, then keeps the ratio
+    refill_updates = (6000 - driver_state["env_steps"] - 300) * 2 // 32
+    assert last["learner_steps"] == learner_state["steps"] + max(0, refill_updates)
+    assert last["games"] >= driver_state["games"]
+    final_learner, final_driver = load_checkpoint(run)
+    assert final_learner["steps"] == last["learner_steps"] and final_driver["generation"] == 1
+    with h5py.File(run / "policy.h5") as f:
+        assert len(f.attrs["layer_names"]) == 12
+
+
+def test_policy_h5_survives_kills_during_export(tmp_path: Path) -> None:
+    """SIGKILL a process that rewrites policy.h5 in a loop, again and again: the file left is whole."""
+    target = tmp_path / "policy.h5"
+    writer = tmp_path / "writer.py"
+    writer.write_text(
+        "import sys\n"
+        "import kerasrl_compat\n"
+        "from learner.network import build_q_network\n"
+        "from learner.export import save_policy\n"
+        "model = build_q_network(4)\n"
+        "save_policy(model, sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    save_policy(model, sys.argv[1])\n"
+    )
+    from learner.export import read_weight_shapes
+
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, str(writer), str(target)], env=ENV, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.6)))
+        proc.kill()
+        proc.wait()
+        shapes = read_weight_shapes(target)  # raises on a partial or corrupt file
+        assert len(shapes) == 10 and shapes[0] == (8, 8, 4, 32)
+    with h5py.File(target) as f:
+        assert f["dense_1"]["dense_1"]["kernel:0"].shape == (512, 4)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_within_15s_with_export_checkpoint_and_no_ray_left(sig: int, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _launch([*TINY, "--total-env-steps", "1000000", "--num-cpus", "2", "--run-dir", str(run)],
+                   start_new_session=True)
+    try:
+        _wait_for(lambda: any(r["learner_steps"] > 0 for r in _records(run)) or proc.poll() is not None, 240,
+                  "learning to start")
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert took < 15, f"stopping took {took:.1f} s"
+    assert f"stopped by {signal.Signals(sig).name}" in out
+    assert (run / "policy.h5").exists() and (run / "checkpoint.npz").exists()
+    time.sleep(1)
+    left = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout.splitlines()
+    mine = [line for line in left if line.split()[1] == str(proc.pid)]
+    assert not mine, "processes left behind:\n" + "\n".join(mine)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with config.json, checkpoint.npz and policy.h5, as launch.py leaves one."""
+    from config import Config
+    from learner.checkpoint import save_checkpoint
+    from learner.export import save_policy
+    from learner.learner import Learner
+
+    run = tmp_path_factory.mktemp("finished")
+    cfg = Config(total_env_steps=1000, learning_starts=100, replay_capacity=2000, run_dir=str(run))
+    (run / "config.json").write_text(json.dumps(__import__("dataclasses").asdict(cfg)))
+    learner = Learner(cfg, 4)
+    save_policy(learner.online, run / "policy.h5")
+    save_checkpoint(run, learner.get_state(), {"env_steps": 1000, "updates_done": 0, "games": 3, "generation": 0,
+                                               "game": "Breakout", "n_actions": 4})
+    return run
+
+
+BAD_LAUNCH = {
+    "zero actors": (["--num-actors", "0"], "--num-actors must be >= 1"),
+    "not a number": (["--batch-size", "abc"], "invalid int value"),
+    "unknown game": (["--game", "Breakot"], "unknown Atari game 'Breakot'"),
+    "unknown exploration": (["--exploration", "greedy"], "invalid choice"),
+    "learning starts past the end": (["--learning-starts", "5000", "--total-env-steps", "1000"],
+                                     "exceeds --total-env-steps"),
+    "replay too big for memory": (["--replay-capacity", "100000000"], "use at most about"),
+    "unknown flag": (["--num-actor", "2"], "unrecognized arguments"),
+    "gamma out of range": (["--gamma", "1.5"], "--gamma must be <= 1.0"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_LAUNCH))
+def test_launch_bad_flags_get_one_line(name: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    import launch
+
+    args, message = BAD_LAUNCH[name]
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(launch.main([*args, "--run-dir", str(tmp_path / "run")]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("launch.py: error:") and message in err[0], err
+    assert not (tmp_path / "run").exists(), "nothing may be written for bad input"
+
+
+def test_launch_bad_run_dirs_and_resumes(finished_run: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    import launch
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    classic = tmp_path / "classic"
+    classic.mkdir()
+    (classic / "config.json").write_text(json.dumps({"game": "Breakout", "steps": 100, "memory_limit": 10}))
+    no_ckpt = tmp_path / "no_ckpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.json").write_text((finished_run / "config.json").read_text())
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "config.json").write_text((finished_run / "config.json").read_text())
+    data = (finished_run / "checkpoint.npz").read_bytes()
+    (truncated / "checkpoint.npz").write_bytes(data[: len(data) // 2])
+    before = _snapshot(tmp_path) | _snapshot(finished_run)
+    cases = {
+        "is a file": ["--run-dir", str(a_file)],
+        "already holds a run": ["--run-dir", str(finished_run)],
+        "cannot write to --run-dir": ["--run-dir", "/proc/no-such-dir/run"],
+        "no such folder": ["--resume", str(tmp_path / "missing")],
+        "from another program": ["--resume", str(classic)],
+        "checkpoint.npz does not exist": ["--resume", str(no_ckpt)],
+        "it may be truncated": ["--resume", str(truncated)],
+        "pass a larger --total-env-steps": ["--resume", str(finished_run)],
+        "the run plays Breakout, not Pong": ["--resume", str(finished_run), "--game", "Pong",
+                                             "--total-env-steps", "5000"],
+    }
+    for message, argv in cases.items():
+        assert launch.main(argv) == 2, message
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("launch.py: error:") and message in err[0], (message, err)
+    assert _snapshot(tmp_path) | _snapshot(finished_run) == before, "bad input changed files on disk"
