@@ -167,6 +167,9 @@ class Config:
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
                                  low=1, high=10_000)
     learner_gpus: float = flag(0.0, "GPUs for the learner (needs a GPU node and a CUDA TensorFlow)", low=0.0)
+    learner_precision: str = flag("float32", "learner arithmetic: float32, or bfloat16 (mixed precision, float32 "
+                                  "weights; faster on CPUs with AVX-512 BF16 and on GPUs)",
+                                  choices=("float32", "bfloat16"))
     learner_threads: int = flag(0, "TensorFlow threads for the learner (0: all cores of its node)", low=0)
     # outputs
     export_every: int = flag(10_000, "write RUN_DIR/policy.h5 every N learner steps (and at the end)", low=1)

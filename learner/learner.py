@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 import kerasrl_compat
+from actors.atari import FRAME_SHAPE, WINDOW
 from config import Config
 
 PREFETCH = 2  # replay sample calls kept in flight
+BATCHES_PER_REQUEST = 4  # one Ray round trip per 4 batches: a call costs more than its bytes
 
 
 class Learner:
@@ -33,6 +35,10 @@ class Learner:
                 pass
         from learner.network import build_q_network
 
+        if cfg.learner_precision == "bfloat16":
+            # bf16 math with float32 weights (exports unchanged); AVX-512 BF16 / GPUs run it faster
+            tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
         tf.random.set_seed(cfg.seed)
         self.cfg = cfg
         self.replay = replay
@@ -45,32 +51,36 @@ class Learner:
         self.steps = 0
         self.target_syncs = 0
         self.weights_version = 0
-        self._requests: collections.deque = collections.deque()
+        self._requests: collections.deque = collections.deque()  # sample calls in flight
+        self._ready: collections.deque = collections.deque()  # batches received, not yet used
         self._train_step = self._make_train_step(tf, n_actions)
 
     def _make_train_step(self, tf: Any, n_actions: int) -> Any:
         cfg = self.cfg
         online, target, optimizer = self.online, self.target, self.optimizer
         huber = tf.keras.losses.Huber(delta=cfg.huber_delta, reduction="none")
-        frames = tf.TensorSpec([None, 4, 84, 84], tf.uint8)
+        frames = tf.TensorSpec([None, WINDOW + 1, *FRAME_SHAPE], tf.uint8)
+
+        def q(model: Any, states: Any, training: bool) -> Any:
+            return tf.cast(model(states, training=training), tf.float32)  # bf16 networks give bf16 Q
 
         @tf.function(
             input_signature=[frames, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
-                             tf.TensorSpec([None], tf.float32), frames]
+                             tf.TensorSpec([None], tf.float32)]
         )
-        def train_step(state0, action, reward, terminal, state1):
-            s0 = tf.cast(state0, tf.float32) / 255.0
-            s1 = tf.cast(state1, tf.float32) / 255.0
-            q_next_target = target(s1, training=False)
+        def train_step(frames, action, reward, terminal):
+            # state0 and state1 share window - 1 frames: ship and scale them once
+            s = tf.cast(frames, tf.float32) / 255.0
+            s0, s1 = s[:, :-1], s[:, 1:]
+            q_next_target = q(target, s1, training=False)
             if cfg.double_dqn:
-                best = tf.argmax(online(s1, training=False), axis=1, output_type=tf.int32)
+                best = tf.argmax(q(online, s1, training=False), axis=1, output_type=tf.int32)
             else:
                 best = tf.argmax(q_next_target, axis=1, output_type=tf.int32)
             q_next = tf.gather(q_next_target, best, batch_dims=1)
             y = tf.stop_gradient(reward + cfg.gamma * (1.0 - terminal) * q_next)
             with tf.GradientTape() as tape:
-                q = online(s0, training=True)
-                q_taken = tf.gather(q, action, batch_dims=1)
+                q_taken = tf.gather(q(online, s0, training=True), action, batch_dims=1)
                 td = y - q_taken
                 loss = tf.reduce_mean(huber(y[:, None], q_taken[:, None]))
             grads = tape.gradient(loss, online.trainable_variables)
@@ -83,26 +93,29 @@ class Learner:
 
     # --- batches -------------------------------------------------------------------------
     def _request(self) -> None:
-        self._requests.append(self.replay.sample.remote(self.cfg.batch_size, 1))
+        self._requests.append(self.replay.sample_packed.remote(self.cfg.batch_size, BATCHES_PER_REQUEST))
 
     def _next_batch(self) -> Any:
         import ray
 
-        while len(self._requests) < PREFETCH + 1:
+        if not self._ready:
+            while len(self._requests) < PREFETCH + 1:
+                self._request()
+            self._ready.extend(ray.get(self._requests.popleft()))
             self._request()
-        batch = ray.get(self._requests.popleft())
-        self._request()
-        return batch[0] if isinstance(batch, list) else batch
+        return self._ready.popleft()
 
     # --- the public surface ----------------------------------------------------------------
     def update(self, batch: Any) -> tuple[float, float, np.ndarray]:
         """One DQN update on ``batch``; sync the target every ``target_update`` steps."""
+        frames = getattr(batch, "frames", None)
+        if frames is None:  # a replay.Batch: state1 is state0 shifted by one frame
+            frames = np.concatenate([batch.state0, batch.state1[:, -1:]], axis=1)
         loss, mean_q, td = self._train_step(
-            batch.state0,
+            frames,
             np.asarray(batch.action, np.int32),
             np.asarray(batch.reward, np.float32),
             np.asarray(batch.terminal, np.float32),
-            batch.state1,
         )
         self.steps += 1
         if self.steps % self.cfg.target_update == 0:
@@ -128,6 +141,7 @@ class Learner:
                 batch = self._next_batch()
             except ray.exceptions.RayError:
                 self._requests.clear()
+                self._ready.clear()
                 replay_lost = True
                 break
             waited += time.perf_counter() - w0

@@ -79,6 +79,24 @@ class Batch(NamedTuple):
     indices: np.ndarray  # int64 [B]: global positions (stream * capacity_per_stream + slot)
 
 
+class PackedBatch(NamedTuple):
+    """A batch whose states share frames: ``state0 = frames[:, :-1]``, ``state1 = frames[:, 1:]``."""
+
+    frames: np.ndarray  # uint8 [B, window + 1, H, W]
+    action: np.ndarray  # int32 [B]
+    reward: np.ndarray  # float32 [B]
+    terminal: np.ndarray  # bool [B]
+    indices: np.ndarray  # int64 [B]
+
+    @property
+    def state0(self) -> np.ndarray:
+        return self.frames[:, :-1]
+
+    @property
+    def state1(self) -> np.ndarray:
+        return self.frames[:, 1:]
+
+
 class ReplayMemory:
     """Uniform replay over ``num_streams`` rings with keras-rl ``SequentialMemory`` semantics.
 
@@ -360,6 +378,24 @@ class ReplayMemory:
         which is exactly uniform over valid transitions. ``out``: arrays from
         :meth:`empty_batch` to fill (the caller must be done with their previous contents).
         """
+        pos = self._sample_positions(batch_size)
+        return self._batch(pos, pos[:, self.window - 1], out)
+
+    def sample_packed(self, batch_size: int) -> PackedBatch:
+        """Like :meth:`sample`, with state0 and state1 sharing their frames: ``window + 1``
+        frames per transition instead of ``2 * window``, 37% fewer bytes to ship to a learner."""
+        pos = self._sample_positions(batch_size)
+        entry = pos[:, self.window - 1]
+        return PackedBatch(
+            frames=self._frames.take(pos, axis=0, mode="clip"),
+            action=self._actions[entry].astype(np.int32),
+            reward=self._rewards.take(entry, mode="clip"),
+            terminal=self._terminals.take(entry, mode="clip"),
+            indices=entry,
+        )
+
+    def _sample_positions(self, batch_size: int) -> np.ndarray:
+        """Frame positions ``[B, window + 1]`` of ``batch_size`` uniformly drawn valid transitions."""
         if self._total == 0:
             raise ValueError("the replay memory is empty")
         stream, offset = self._draw(batch_size)
@@ -376,9 +412,8 @@ class ReplayMemory:
                 v2, p2, _ = self._resolve(*self._draw(len(bad)))
             valid[bad] = v2
             pos[bad] = p2
-        entry = pos[:, self.window - 1]
         self._sampled += batch_size
-        return self._batch(pos, entry, out)
+        return pos
 
     def _valid_entries(self) -> tuple[np.ndarray, np.ndarray]:
         stream = np.repeat(np.arange(self.num_streams), self._sizes)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from replay.memory import Batch, ReplayMemory, tune_malloc
+from replay.memory import Batch, PackedBatch, ReplayMemory, tune_malloc
 
 
 class ReplayServer:
@@ -61,6 +61,10 @@ class ReplayServer:
     def sample(self, batch_size: int, num_batches: int = 1) -> list[Batch]:
         """``num_batches`` independent uniform batches: several per call saves Ray round trips."""
         return [self.memory.sample(batch_size) for _ in range(num_batches)]
+
+    def sample_packed(self, batch_size: int, num_batches: int = 1) -> list[PackedBatch]:
+        """Batches with shared frames (what the learner asks for: fewer bytes per call)."""
+        return [self.memory.sample_packed(batch_size) for _ in range(num_batches)]
 
     def gather(self, indices: Any) -> Batch:
         """The transitions at given global positions (prioritized replay samples indices itself)."""

@@ -363,3 +363,17 @@ def test_replay_actor(ray_session) -> None:
     c = ray.get(actor.counters.remote())
     assert c == {"added": 240, "sampled": 128, "evicted": 0, "size": 240, "capacity": 600}
     ray.kill(actor)
+
+
+def test_packed_batches_share_frames_exactly() -> None:
+    """sample_packed's frames are gather's state0 plus state1's newest frame, for the same draws."""
+    rng = np.random.default_rng(11)
+    mem = ReplayMemory(200, 2, frame_shape=SHAPE, seed=5)
+    for s in range(2):
+        mem.add_chunks(chunks_of(make_stream(rng, 100, s), s, rng))
+    packed = mem.sample_packed(64)
+    ref = mem.gather(packed.indices)
+    assert packed.frames.shape == (64, 5, *SHAPE) and packed.frames.dtype == np.uint8
+    assert np.array_equal(packed.state0, ref.state0) and np.array_equal(packed.state1, ref.state1)
+    assert np.array_equal(packed.action, ref.action) and np.array_equal(packed.reward, ref.reward)
+    assert np.array_equal(packed.terminal, ref.terminal)

@@ -1,0 +1,139 @@
+"""Soak test: run launch.py for a long time and record memory, object store use and throughput.
+
+Every --sample-every seconds it records the resident memory (RSS) of the driver, the learner,
+the replay and the explorers, the Ray object store's use and spilling, and the env/learner
+step rates from the run's metrics.jsonl. At the end it prints a table and the growth of each
+figure between the end of the warm-up (a quarter of the run) and the end: bounded memory means
+that growth stays near zero once the replay is full.
+
+    ./dqn python bench/soak.py                      # 30 minutes
+    ./dqn python bench/soak.py --minutes 5 --json docs/bench/soak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ROLES = {"ray::Learner": "learner", "ray::ReplayServer": "replay", "ray::Explorer": "explorers"}
+
+
+def rss_by_role(driver_pid: int) -> dict[str, float]:
+    """Resident MiB per role, from /proc (explorers summed)."""
+    totals = {"driver": 0.0, "learner": 0.0, "replay": 0.0, "explorers": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        role = "driver" if int(entry) == driver_pid else next(
+            (name for prefix, name in ROLES.items() if cmdline.startswith(prefix)), None
+        )
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        if role and match:
+            totals[role] += int(match.group(1)) / 1024
+    return totals
+
+
+def object_store() -> tuple[float, float]:
+    """(MiB in the object store, MiB spilled to disk) from Ray's memory summary."""
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(stats_only=True)
+    used = re.search(r"Plasma memory usage (\d+) MiB", text)
+    spilled = re.search(r"Spilled (\d+) MiB", text)
+    return float(used.group(1)) if used else 0.0, float(spilled.group(1)) if spilled else 0.0
+
+
+def sampler(run_dir: Path, every: float, deadline: float, samples: list[dict]) -> None:
+    """Record a sample every ``every`` seconds; at the deadline, stop the run like Ctrl-C does."""
+    import ray
+
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(min(every, max(0.0, deadline - time.monotonic())))
+        metrics = run_dir / "metrics.jsonl"
+        last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.exists() and metrics.stat().st_size else {}
+        if not ray.is_initialized():
+            continue
+        try:
+            plasma, spilled = object_store()
+        except Exception:  # the summary needs the raylet; skip a sample rather than stop the soak
+            plasma, spilled = float("nan"), float("nan")
+        samples.append({
+            "minute": round((time.monotonic() - start) / 60, 2),
+            **{f"rss_{k}_mib": round(v, 1) for k, v in rss_by_role(os.getpid()).items()},
+            "object_store_mib": plasma,
+            "spilled_mib": spilled,
+            "env_steps": last.get("env_steps"),
+            "env_steps_per_s": last.get("env_steps_per_s"),
+            "learner_steps_per_s": last.get("learner_steps_per_s"),
+            "replay_size": last.get("replay_size"),
+        })
+        print(f"[soak] {samples[-1]}", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long to run (default: 30)")
+    parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between samples (default: 30)")
+    parser.add_argument("--num-actors", type=int, default=1, help="explorers (default: 1)")
+    parser.add_argument("--envs-per-actor", type=int, default=8, help="emulators per explorer (default: 8)")
+    parser.add_argument("--replay-capacity", type=int, default=100_000,
+                        help="replay size; small so that it fills and wraps during the soak (default: 100000)")
+    parser.add_argument("--learning-starts", type=int, default=5_000, help="(default: 5000)")
+    parser.add_argument("--json", type=Path, help="write the samples and the summary here")
+    args = parser.parse_args()
+
+    import launch
+
+    run_dir = Path(tempfile.mkdtemp(prefix="soak-")) / "run"
+    argv = ["--num-actors", str(args.num_actors), "--envs-per-actor", str(args.envs_per_actor),
+            "--replay-capacity", str(args.replay_capacity), "--learning-starts", str(args.learning_starts),
+            "--total-env-steps", "1000000000", "--log-every", str(min(10.0, args.sample_every)),
+            "--run-dir", str(run_dir)]
+    samples: list[dict] = []
+    deadline = time.monotonic() + args.minutes * 60
+    threading.Thread(target=sampler, args=(run_dir, args.sample_every, deadline, samples), daemon=True).start()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    code = launch.main(argv)
+    if len(samples) < 4:
+        print("too few samples: run longer or sample more often", file=sys.stderr)
+        return 1
+    base = samples[len(samples) // 4]
+    end = samples[-1]
+    keys = [k for k in end if k.startswith(("rss_", "object_store", "spilled"))]
+    growth = {k: round(end[k] - base[k], 1) for k in keys}
+    print(f"\nsoak of {args.minutes} min started {started}, launch.py {' '.join(argv)}")
+    print("| minute | env steps/s | learner steps/s | replay | driver MiB | learner MiB | replay MiB | "
+          "explorers MiB | object store MiB | spilled MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in samples:
+        print(f"| {s['minute']} | {s['env_steps_per_s']} | {s['learner_steps_per_s']} | {s['replay_size']} | "
+              f"{s['rss_driver_mib']} | {s['rss_learner_mib']} | {s['rss_replay_mib']} | "
+              f"{s['rss_explorers_mib']} | {s['object_store_mib']} | {s['spilled_mib']} |")
+    print(f"growth from minute {base['minute']} to {end['minute']}: {growth}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"started": started, "argv": argv, "samples": samples,
+                                         "growth_after_warmup": growth}, indent=2) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
