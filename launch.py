@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -167,13 +168,16 @@ class Driver:
         pinned = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         learner_state, state = resume if resume else (None, {})
         self.generation = state.get("generation", -1) + 1  # new emulator seeds on every resume
+        # Explorers and the learner find the replay by name, so they can be restarted from their
+        # constructor arguments alone (an actor handle argument would pin it in the object store).
+        replay_name = f"replay-{uuid.uuid4().hex[:12]}"
         self.replay = ray.remote(ReplayServer).options(
-            num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # comes back empty; see refill
+            name=replay_name, num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # restarts empty: refill
         ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation)
         learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1}
         if not cfg.learner_gpus:
             learner_options["scheduling_strategy"] = here
-        self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, self.replay)
+        self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, replay_name)
         explorer_options: dict[str, Any] = {
             "num_cpus": cfg.explorer_cpus or self.explorer_cpus(),
             "max_restarts": -1,  # a crashed explorer (or its lost node) comes back and plays on
@@ -182,7 +186,7 @@ class Driver:
         if cfg.explorer_resource:
             explorer_options["resources"] = {cfg.explorer_resource: 1}
         explorer = ray.remote(Explorer).options(**explorer_options)
-        self.explorers = [explorer.remote(cfg, i, self.replay, self.generation) for i in range(cfg.num_actors)]
+        self.explorers = [explorer.remote(cfg, i, replay_name, self.generation) for i in range(cfg.num_actors)]
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
         self.env_steps = state.get("env_steps", 0)
         self.env_steps_issued = self.env_steps

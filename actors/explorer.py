@@ -17,6 +17,7 @@ import numpy as np
 import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW, make_env
 from config import Config
+from replay.server import resolve_actor
 
 kerasrl_compat.prepare_rl()
 from rl.policy import EpsGreedyQPolicy  # noqa: E402
@@ -84,7 +85,7 @@ class Explorer:
 
         self.cfg = cfg
         self.index = index
-        self.replay = replay
+        self.replay = resolve_actor(replay)
         k = cfg.envs_per_actor
         self.first_stream = index * k
         seed = cfg.seed * 100_003 + index * 1_009 + generation * 7_919  # a resumed run plays new games

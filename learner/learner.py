@@ -17,6 +17,7 @@ import numpy as np
 import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW
 from config import Config
+from replay.server import resolve_actor
 
 PREFETCH = 2  # replay sample calls kept in flight
 BATCHES_PER_REQUEST = 4  # one Ray round trip per 4 batches: a call costs more than its bytes
@@ -41,7 +42,7 @@ class Learner:
 
         tf.random.set_seed(cfg.seed)
         self.cfg = cfg
-        self.replay = replay
+        self.replay = resolve_actor(replay)
         self.online = build_q_network(n_actions)
         self.target = build_q_network(n_actions)
         self.target.set_weights(self.online.get_weights())

@@ -81,4 +81,9 @@ class ReplayServer:
         return len(self.memory) >= min_size and self.memory.can_sample()
 
 
+def resolve_actor(replay: Any) -> Any:
+    """A replay handle from a handle or from the name the driver gave the replay actor."""
+    return ray.get_actor(replay) if isinstance(replay, str) else replay
+
+
 ReplayActor = ray.remote(num_cpus=0)(ReplayServer)
