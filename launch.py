@@ -182,6 +182,8 @@ class Driver:
             "num_cpus": cfg.explorer_cpus or self.explorer_cpus(),
             "max_restarts": -1,  # a crashed explorer (or its lost node) comes back and plays on
             "max_task_retries": 0,  # ...but the run() it was in is lost: the driver just starts another
+            # one TensorFlow thread each: explorers scale by processes and leave cores to the learner
+            "runtime_env": {"env_vars": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}},
         }
         if cfg.explorer_resource:
             explorer_options["resources"] = {cfg.explorer_resource: 1}
@@ -238,7 +240,8 @@ class Driver:
         env_base, updates_base = self.refill_from
         learned = (self.updates_done - updates_base) * cfg.batch_size / cfg.samples_per_insert
         covered = env_base + cfg.learning_starts + learned
-        slack = 2 * cfg.num_actors * cfg.weight_sync_every + 2 * cfg.updates_per_call * cfg.batch_size
+        learner_call = cfg.updates_per_call * cfg.batch_size / cfg.samples_per_insert  # env steps per call
+        slack = 2 * cfg.num_actors * cfg.weight_sync_every + 2 * learner_call
         return self.env_steps_issued < covered + slack
 
     # --- the loop ---------------------------------------------------------------------------
@@ -498,7 +501,15 @@ def _init_ray(cfg: Config) -> bool:
             log_to_driver=False,  # workers' output goes to Ray's session logs, not the console
         )
     else:  # a cluster: the code travels with the job (see cluster_runtime_env)
-        ray.init(address=cfg.address, runtime_env=cluster_runtime_env(), logging_level="error", log_to_driver=False)
+        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+            os.environ["RAY_AUTH_MODE"] = "token"  # clusters started with a token (ours are) need it
+        try:
+            ray.init(address=cfg.address, runtime_env=cluster_runtime_env(), logging_level="error",
+                     log_to_driver=False)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LaunchError(f"--address {cfg.address}: could not join the cluster ({first}); with token "
+                              f"authentication, put the cluster's token in ~/.ray/auth_token") from None
     return True
 
 
@@ -650,10 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(Config, argv, __doc__, EPILOG, prog="launch.py")
     try:
         cfg, resume = prepare(cfg, argv)
+        launch(cfg, resume)
     except LaunchError as exc:
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return 2
-    launch(cfg, resume)
     return 0
 
 

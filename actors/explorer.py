@@ -74,13 +74,10 @@ class Explorer:
     """Plays ``cfg.envs_per_actor`` emulators; stream ids are ``index * K .. index * K + K - 1``."""
 
     def __init__(self, cfg: Config, index: int, replay: Any, generation: int = 0) -> None:
+        # One TF thread per explorer (explorers scale by processes): launch.py sets
+        # TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS in this actor's environment, because
+        # TensorFlow is already initialised by the time this constructor runs.
         tf = kerasrl_compat.load_tensorflow()
-
-        try:  # one TF thread per explorer: explorers scale by processes, not threads
-            tf.config.threading.set_intra_op_parallelism_threads(1)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass
         from learner.network import build_q_network
 
         self.cfg = cfg

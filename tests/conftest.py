@@ -33,3 +33,4 @@ def ray_session() -> Iterator[Any]:
 def ray_address(ray_session: Any) -> str:
     """The session Ray's address, for driver subprocesses that join it with --address."""
     return ray_session.get_runtime_context().gcs_address
+

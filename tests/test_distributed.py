@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import session_actor_pids
 
 import kerasrl_compat
 from actors.atari import make_env
@@ -160,42 +161,40 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     assert ray_session.is_initialized(), "launch must leave a Ray it did not start running"
 
 
-def _explorer_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::Explorer" in line]
-
-
-def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Path) -> None:
-    """SIGKILL an explorer mid-run: Ray restarts it, the driver counts it, the run completes."""
+def _run_and_kill(run_dir: Path, argv: list[str], title: str, counter: str) -> list[int]:
+    """Run launch.main in this thread; from another, SIGKILL the first of this session's ``title``
+    processes once metrics.jsonl shows ``counter`` > 0. Returns the PIDs killed."""
     import signal
     import threading
     import time
 
     import launch
 
-    run_dir = tmp_path / "run"
     killed: list[int] = []
 
     def killer() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         metrics = run_dir / "metrics.jsonl"
-        while time.monotonic() < deadline:
-            if metrics.exists() and any(json.loads(x)["env_steps"] > 0 for x in metrics.read_text().splitlines()):
-                pids = _explorer_pids()
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                    return
+        while time.monotonic() < deadline and not killed:
+            if metrics.exists() and any(json.loads(x)[counter] > 0 for x in metrics.read_text().splitlines()):
+                for pid in session_actor_pids(title)[:1]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
             time.sleep(0.2)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    argv = ["--num-actors", "2", "--envs-per-actor", "2", "--total-env-steps", "4000", "--learning-starts", "400",
-            "--replay-capacity", "5000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.5",
-            "--run-dir", str(run_dir)]
-    assert launch.main(argv) == 0
+    assert launch.main([*argv, "--run-dir", str(run_dir)]) == 0
     thread.join(timeout=5)
-    assert killed, "the explorer was never killed: the run ended too soon"
+    return killed
+
+
+def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Path) -> None:
+    """SIGKILL an explorer mid-run: Ray restarts it, the driver counts it, the run completes."""
+    run_dir = tmp_path / "run"
+    argv = ["--num-actors", "2", "--envs-per-actor", "2", "--total-env-steps", "4000", "--learning-starts", "400",
+            "--replay-capacity", "5000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.5"]
+    assert _run_and_kill(run_dir, argv, "ray::Explorer", "env_steps"), "never killed: the run ended too soon"
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["explorer_restarts"] >= 1
     assert last["env_steps"] == 4000
@@ -204,38 +203,10 @@ def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Pa
 
 def test_killed_replay_restarts_empty_refills_and_the_run_finishes(ray_session, tmp_path: Path) -> None:
     """SIGKILL the replay actor mid-run: it comes back empty, learning waits for a refill, the run ends."""
-    import signal
-    import threading
-    import time
-
-    import launch
-
     run_dir = tmp_path / "run"
-    killed: list[int] = []
-
-    def replay_pids() -> list[int]:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        return [int(line.split()[0]) for line in out.splitlines() if "ray::ReplayServer" in line]
-
-    def killer() -> None:
-        deadline = time.monotonic() + 180
-        metrics = run_dir / "metrics.jsonl"
-        while time.monotonic() < deadline:
-            if metrics.exists() and any(json.loads(x)["learner_steps"] > 0 for x in metrics.read_text().splitlines()):
-                for pid in replay_pids():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                return
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "3000", "--learning-starts", "400",
-            "--replay-capacity", "4000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.3",
-            "--run-dir", str(run_dir)]
-    assert launch.main(argv) == 0
-    thread.join(timeout=5)
-    assert killed, "the replay was never killed"
+            "--replay-capacity", "4000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.3"]
+    assert _run_and_kill(run_dir, argv, "ray::ReplayServer", "learner_steps"), "the replay was never killed"
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["replay_restarts"] == 1
     assert records[-1]["env_steps"] == 3000
