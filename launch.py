@@ -175,6 +175,9 @@ class Driver:
             name=replay_name, num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # restarts empty: refill
         ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation)
         learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1}
+        if cfg.learner_threads:
+            threads = str(cfg.learner_threads)
+            learner_options["runtime_env"] = {"env_vars": {"TF_NUM_INTRAOP_THREADS": threads}}
         if not cfg.learner_gpus:
             learner_options["scheduling_strategy"] = here
         self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, replay_name)

@@ -29,11 +29,8 @@ class Learner:
     def __init__(self, cfg: Config, n_actions: int, replay: Any = None) -> None:
         tf = kerasrl_compat.load_tensorflow()
 
-        if cfg.learner_threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(cfg.learner_threads)
-            except RuntimeError:
-                pass
+        # --learner-threads reaches TensorFlow as TF_NUM_INTRAOP_THREADS in this actor's
+        # environment (launch.py): TensorFlow is initialised before this constructor runs.
         from learner.network import build_q_network
 
         if cfg.learner_precision == "bfloat16":
