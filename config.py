@@ -119,6 +119,16 @@ def parse(
     return cfg
 
 
+def hms(seconds: float) -> str:
+    """``H:MM:SS`` for the progress lines of train.py and launch.py (``--:--:--`` when unknown)."""
+    import math
+
+    if not math.isfinite(seconds):
+        return "--:--:--"
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def default_num_actors() -> int:
     """One explorer per core beyond the one the learner needs (at least one)."""
     import os

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import Config, check_ranges, given_flags, parse
+from config import Config, check_ranges, given_flags, hms, parse
 from learner.checkpoint import CHECKPOINT
 
 EPILOG = """run directory (--run-dir):
@@ -58,11 +58,6 @@ def _on_signal(signum: int, frame: Any) -> None:
     _stop_requested.append(signal.Signals(signum).name)
 
 
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--:--"
-    s = int(seconds)
-    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class RunLog:
@@ -126,12 +121,12 @@ class RunLog:
                     self.tf.summary.scalar(key, record[key], step=env_steps)
         self.writer.flush()
         eta = (self.cfg.total_env_steps - env_steps) / env_rate if env_rate > 0 else math.inf
-        export = f"{_hms(now - last_export)} ago" if last_export else "none yet"
+        export = f"{hms(now - last_export)} ago" if last_export else "none yet"
         loss = learner.get("loss", float("nan"))
         print(
             f"env {env_steps:>10,}/{self.cfg.total_env_steps:,} ({100 * env_steps / self.cfg.total_env_steps:4.1f}%)"
             f" | {env_rate:6.0f} env/s | {upd_rate:5.1f} upd/s | replay {replay_size:,} | "
-            f"score(last {len(self.scores)}) {mean:6.2f} | loss {loss:.4f} | export {export} | eta {_hms(eta)}"
+            f"score(last {len(self.scores)}) {mean:6.2f} | loss {loss:.4f} | export {export} | eta {hms(eta)}"
             + "".join(f" | {role} restarts {n}" for role, n in (restarts or {}).items() if n),
             flush=True,
         )
@@ -162,10 +157,11 @@ class Driver:
         self.export_model = build_q_network(self.n_actions)
         # The replay and the learner stay on the driver's node (the head of a cluster) unless the
         # learner asks for a GPU; explorers go wherever CPUs (or --explorer-resource) are free.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        node = ray.get_runtime_context().get_node_id()
+        here = NodeAffinitySchedulingStrategy(node, soft=True)
         # The replay needs no CPU, so it always fits here: pin it hard (Ray 2.60 spreads 0-CPU
         # actors with a soft affinity over a cluster's nodes, where losing a worker would lose it).
-        pinned = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        pinned = NodeAffinitySchedulingStrategy(node, soft=False)
         learner_state, state = resume if resume else (None, {})
         self.generation = state.get("generation", -1) + 1  # new emulator seeds on every resume
         # Explorers and the learner find the replay by name, so they can be restarted from their

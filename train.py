@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import flag, parse
+from config import flag, hms, parse
 
 EPILOG = """outputs:
   OUTPUT                   the final Q-network (keras-rl DQNAgent.save_weights), also on Ctrl-C
@@ -109,7 +109,7 @@ def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
             phase = "warm-up" if agent_step <= cfg.warmup else "training"
             print(
                 f"step {agent_step:>9,}/{cfg.steps:,} ({100 * agent_step / cfg.steps:4.1f}%) {phase} | "
-                f"{rate:6.1f} steps/s | eta {_hms(eta)} | games {self.games} | "
+                f"{rate:6.1f} steps/s | eta {hms(eta)} | games {self.games} | "
                 f"score(last {len(self.scores)}) {mean:6.2f} | eps {named.get('mean_eps', float('nan')):.3f} | "
                 f"loss {named.get('loss', float('nan')):.4f} | mean_q {named.get('mean_q', float('nan')):.3f}",
                 flush=True,
@@ -122,11 +122,6 @@ def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
     return RunLog()
 
 
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:

@@ -46,7 +46,6 @@ class _Stream:
         self.rewards: list[float] = []
         self.terminals: list[bool] = []
         self.new_segment = True  # the first chunk after (re)start continues nothing
-        self.steps = 0
 
     def record(self, frame: np.ndarray, action: int, reward: float, terminal: bool) -> None:
         self.frames.append(frame)
@@ -101,7 +100,6 @@ class Explorer:
         for j, s in enumerate(self.streams):
             self._begin_episode(j, s.env.reset()[0])
         self.pushes: list[Any] = []
-        self.total_steps = 0
 
     def _begin_episode(self, j: int, frame: np.ndarray) -> None:
         self.state[j] = 0
@@ -136,7 +134,6 @@ class Explorer:
                 action = int(self.policies[j].select_action(q_values=q[j]))
                 frame, reward, terminated, truncated, info = stream.env.step(action)
                 stream.record(self.frame[j], action, reward, terminated)
-                stream.steps += 1
                 if terminated or truncated:
                     # keras-rl's convention: the final observation is an entry of its own
                     stream.record(frame, 0, 0.0, False)
@@ -147,32 +144,26 @@ class Explorer:
                         )
                     if truncated and not terminated:
                         # cut by the step limit: the next episode must not stack onto this one
-                        self._push_stream(j)
+                        self._push([j])
                         stream.new_segment = True
                     self._begin_episode(j, stream.env.reset()[0])
                 else:
                     self.state[j, :-1] = self.state[j, 1:]
                     self.state[j, -1] = frame
                     self.frame[j] = frame
-        self._push()
-        n = iterations * k
-        self.total_steps += n
+        self._push(range(k))
         return {
             "actor": self.index,
-            "steps": n,
+            "steps": iterations * k,
             "games": games,
             "seconds": time.perf_counter() - t0,
             "weights_version": self.weights_version,
             "epsilons": [float(p.eps) for p in self.policies],
         }
 
-    def _push_stream(self, j: int) -> None:
-        chunk = self.streams[j].take_chunk(self.first_stream + j)
-        if chunk is not None:
-            self._send([chunk])
-
-    def _push(self) -> None:
-        chunks = [c for j, s in enumerate(self.streams) if (c := s.take_chunk(self.first_stream + j)) is not None]
+    def _push(self, streams: Any) -> None:
+        """Send what these streams (local indices) recorded since their last push, in one call."""
+        chunks = [c for j in streams if (c := self.streams[j].take_chunk(self.first_stream + j)) is not None]
         if chunks:
             self._send(chunks)
 
@@ -184,11 +175,10 @@ class Explorer:
             self.pushes = self.pushes[len(done):]
             _wait_quietly(done)
 
-    def flush(self) -> int:
-        """Wait for every push to land; return total steps played."""
+    def flush(self) -> None:
+        """Wait for every push to land."""
         _wait_quietly(self.pushes)
         self.pushes = []
-        return self.total_steps
 
 
 def _wait_quietly(refs: list[Any]) -> None:

@@ -51,9 +51,9 @@ class Learner:
         self.weights_version = 0
         self._requests: collections.deque = collections.deque()  # sample calls in flight
         self._ready: collections.deque = collections.deque()  # batches received, not yet used
-        self._train_step = self._make_train_step(tf, n_actions)
+        self._train_step = self._make_train_step(tf)
 
-    def _make_train_step(self, tf: Any, n_actions: int) -> Any:
+    def _make_train_step(self, tf: Any) -> Any:
         cfg = self.cfg
         online, target, optimizer = self.online, self.target, self.optimizer
         huber = tf.keras.losses.Huber(delta=cfg.huber_delta, reduction="none")
@@ -185,6 +185,3 @@ class Learner:
         self.steps = int(state["steps"])
         self.target_syncs = int(state["target_syncs"])
         self.weights_version = int(state["weights_version"])
-
-    def counters(self) -> dict:
-        return {"learner_steps": self.steps, "target_syncs": self.target_syncs}
