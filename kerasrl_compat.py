@@ -118,6 +118,28 @@ def _numeric_state_batch(self: Any, batch: Any) -> np.ndarray:
     return self.processor.process_state_batch(batch)
 
 
+def _fix_dueling_clone() -> None:
+    """Fix 6: ``DQNAgent(enable_dueling_network=True).compile`` clones its model through its
+    config (the target network), and tf_keras 2.21's safe mode refuses to rebuild the Python
+    ``lambda`` in keras-rl's own dueling Lambda layer ("Requested the deserialization of a
+    Lambda layer ..."). That lambda comes from keras-rl in this process, not from a file, so
+    keras-rl's clone alone runs with safe mode off.
+    """
+    import rl.agents.dqn
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    stock = rl.agents.dqn.clone_model
+    if getattr(stock, "safe_mode_off", False):
+        return
+
+    def clone_model(model: Any, custom_objects: dict | None = None) -> Any:
+        with SafeModeScope(safe_mode=False):
+            return stock(model, custom_objects or {})
+
+    clone_model.safe_mode_off = True
+    rl.agents.dqn.clone_model = clone_model
+
+
 def prepare_rl() -> None:
     """Apply the fixes that do not switch TensorFlow to graph mode (safe in any process)."""
     _fix_keras_version()
@@ -133,6 +155,8 @@ def dqn_agent_class(fast_state_batch: bool = True) -> type:
     """
     prepare_rl()
     from rl.agents.dqn import AbstractDQNAgent, DQNAgent
+
+    _fix_dueling_clone()
 
     stock = AbstractDQNAgent.__dict__.get("_stock_process_state_batch")
     if stock is None:

@@ -2,7 +2,8 @@
 
 Loads the weights into the project's Q-network inside a keras-rl ``DQNAgent`` with
 ``GreedyQPolicy`` (or ``EpsGreedyQPolicy`` with --epsilon > 0), plays whole games on the real
-emulator with raw scores, and can write the first game as an animated GIF.
+emulator with raw scores, and can write the first game as an animated GIF. A dueling network
+is recognised from the file's weight shapes and gets ``enable_dueling_network=True``.
 """
 
 from __future__ import annotations
@@ -78,18 +79,20 @@ def play(cfg: PlayConfig) -> list[float]:
 
     from actors.atari import make_env
     from learner.classic import make_dqn_agent
-    from learner.export import check_policy_file
+    from learner.export import check_policy_file, is_dueling_file
 
     if cfg.seed is not None:
         np.random.seed(cfg.seed)
     game_env = make_env(cfg.game, training=False, seed=cfg.seed, max_episode_steps=cfg.max_steps)
     n_actions = int(game_env.action_space.n)
     test_policy = EpsGreedyQPolicy(cfg.epsilon) if cfg.epsilon > 0 else GreedyQPolicy()
+    dueling = is_dueling_file(cfg.weights)
     agent = make_dqn_agent(
         n_actions,
         policy=test_policy,
         test_policy=test_policy,
         memory=SequentialMemory(limit=10, window_length=4),
+        enable_dueling=dueling,
     )
     check_policy_file(cfg.weights, agent.model)
     agent.load_weights(cfg.weights)
@@ -113,6 +116,8 @@ def play(cfg: PlayConfig) -> list[float]:
             print(f"game {episode + 1}: score {logs['episode_reward']:.0f} in {logs['nb_steps']} steps", flush=True)
 
     policy_name = f"EpsGreedyQPolicy(eps={cfg.epsilon})" if cfg.epsilon > 0 else "GreedyQPolicy"
+    how = "dueling network, DQNAgent(enable_dueling_network=True)" if dueling else "plain network"
+    print(f"loaded {cfg.weights}: {how}, {n_actions} actions", flush=True)
     print(f"playing {cfg.episodes} game(s) of {cfg.game} with {cfg.weights} ({policy_name})", flush=True)
     agent.test(
         kerasrl_compat.OldGymAPI(game_env),

@@ -26,6 +26,8 @@ EPILOG = """outputs:
   OUTPUT                   the final Q-network (keras-rl DQNAgent.save_weights), also on Ctrl-C
   RUN_DIR/episodes.csv     raw score of every game played
   RUN_DIR/checkpoint.h5    the network every --checkpoint-every steps
+  RUN_DIR/snapshots/       policy-<step>.h5 every --snapshot-every steps, listed in
+                           RUN_DIR/snapshots.csv (file,env_steps,learner_steps,wall_seconds)
   RUN_DIR/config.json      the settings of this run
 
 example:
@@ -52,6 +54,11 @@ class TrainConfig:
     eps_end: float = flag(0.1, "exploration epsilon after --eps-steps", low=0.0, high=1.0)
     eps_steps: int = flag(1_000_000, "steps over which epsilon is annealed linearly", low=1)
     checkpoint_every: int = flag(250_000, "save RUN_DIR/checkpoint.h5 every N steps", low=1)
+    snapshot_every: int = flag(
+        0, "keep RUN_DIR/snapshots/policy-<step>.h5 every N steps for learning curves (0: off)", low=0
+    )
+    dueling: bool = flag(False, "dueling network (keras-rl enable_dueling_network, dueling_type avg)")
+    double_dqn: bool = flag(False, "double DQN targets (keras-rl enable_double_dqn; dqn_atari.py leaves it off)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
     seed: int = flag(0, "random seed for the emulator, exploration and network init", low=0)
 
@@ -68,7 +75,8 @@ class TrainConfig:
 def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
     from rl.callbacks import Callback
 
-    from learner.export import write_atomically
+    from learner.classic import kerasrl_train_steps
+    from learner.export import SnapshotWriter, write_atomically
 
     class RunLog(Callback):
         """Progress lines, the raw-score CSV and periodic checkpoints."""
@@ -83,6 +91,7 @@ def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
             self.csv_file = open(run_dir / "episodes.csv", "w", newline="")
             self.csv = csv.writer(self.csv_file)
             self.csv.writerow(["game", "env_step", "game_score", "wall_seconds"])
+            self.snapshots = SnapshotWriter(run_dir, start=self.start)
 
         def on_step_end(self, step: int, logs: dict) -> None:
             agent_step = int(agent.step) + 1
@@ -96,6 +105,8 @@ def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
                 self.metrics = logs["metrics"]
             if agent_step % cfg.checkpoint_every == 0:
                 write_atomically(run_dir / "checkpoint.h5", lambda p: agent.save_weights(p, overwrite=True))
+            if cfg.snapshot_every and agent_step % cfg.snapshot_every == 0:
+                self.snapshots.write(agent.model, agent_step, kerasrl_train_steps(agent))
             now = time.monotonic()
             if now - self.last_print >= cfg.log_every:
                 self.print_line(agent_step, now)
@@ -169,9 +180,13 @@ def train(cfg: TrainConfig) -> Path:
         batch_size=cfg.batch_size,
         delta_clip=cfg.delta_clip,
         learning_rate=cfg.learning_rate,
+        enable_dueling=cfg.dueling,
+        enable_double_dqn=cfg.double_dqn,
     )
+    variant = ", ".join(name for name, on in (("dueling", cfg.dueling), ("double DQN", cfg.double_dqn)) if on)
     print(
-        f"training {cfg.game} ({n_actions} actions) for {cfg.steps:,} steps with keras-rl DQNAgent; "
+        f"training {cfg.game} ({n_actions} actions) for {cfg.steps:,} steps with keras-rl DQNAgent"
+        f"{f' ({variant})' if variant else ''}; "
         f"logs in {run_dir}/, network to {cfg.output}. Ctrl-C stops and saves.",
         flush=True,
     )

@@ -49,9 +49,15 @@ def make_dqn_agent(
     delta_clip: float = 1.0,
     learning_rate: float = 2.5e-4,
     enable_dueling: bool = False,
+    enable_double_dqn: bool = False,
     fast_state_batch: bool = True,
 ) -> Any:
-    """A compiled keras-rl ``DQNAgent`` on the project's Q-network, as ``dqn_atari.py`` builds it."""
+    """A compiled keras-rl ``DQNAgent`` on the project's Q-network, as ``dqn_atari.py`` builds it.
+
+    ``enable_dueling`` lets keras-rl add its dueling head (``dueling_type='avg'``) to the plain
+    network: ``build_q_network(n_actions, dueling=True)`` is that same network, weight for
+    weight. Double DQN is off by default, as in keras-rl and ``dqn_atari.py``.
+    """
     dqn_agent = kerasrl_compat.dqn_agent_class(fast_state_batch=fast_state_batch)
     agent = dqn_agent(
         model=build_q_network(n_actions),
@@ -67,6 +73,20 @@ def make_dqn_agent(
         batch_size=batch_size,
         delta_clip=delta_clip,
         enable_dueling_network=enable_dueling,
+        dueling_type="avg",
+        enable_double_dqn=enable_double_dqn,
     )
     agent.compile(kerasrl_compat.graph_mode_adam(learning_rate), metrics=["mae"])
     return agent
+
+
+def kerasrl_train_steps(agent: Any) -> int:
+    """Gradient updates keras-rl's ``DQNAgent`` has made so far: its optimizer's counter.
+
+    Not ``(step - warmup) // train_interval``: ``fit`` trains when ``step > warmup`` and
+    ``step % train_interval == 0`` with ``step`` counted from 0, and calls ``backward`` once more
+    after every episode end, which trains again when that step count qualifies.
+    """
+    from tensorflow.keras import backend
+
+    return int(backend.get_value(agent.trainable_model.optimizer.iterations))

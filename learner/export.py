@@ -6,8 +6,10 @@ crash mid-write, sees the old complete file or the new complete file, never a pa
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,14 +79,74 @@ def read_weight_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
         raise PolicyFileError(f"{path} is not a readable weights file ({first})") from None
 
 
+def is_dueling_shapes(shapes: list[tuple[int, ...]]) -> bool:
+    """Whether weight shapes are keras-rl's dueling Atari network rather than the plain one.
+
+    Plain: 10 arrays ending in Dense (512, n), (n,). Dueling: 12 arrays, the plain ones plus
+    Dense (n, n + 1), (n + 1,) on top (see ``learner.network.build_q_network``).
+    """
+    if len(shapes) != 12:
+        return False
+    hidden_kernel, hidden_bias, kernel, bias = shapes[-4:]
+    n = hidden_bias[0] if len(hidden_bias) == 1 else -1
+    return len(hidden_kernel) == 2 and hidden_kernel[1] == n and kernel == (n, n + 1) and bias == (n + 1,)
+
+
+def is_dueling_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a dueling network (see :func:`is_dueling_shapes`); raises
+    :class:`PolicyFileError` like :func:`read_weight_shapes`."""
+    return is_dueling_shapes(read_weight_shapes(path))
+
+
+def describe_shapes(shapes: list[tuple[int, ...]]) -> str:
+    """``"plain, 10 weight arrays, 4 actions"``: what a weights file holds, for error messages."""
+    dueling = is_dueling_shapes(shapes)
+    last_bias = shapes[-1] if shapes else ()
+    if len(last_bias) == 1:
+        n_actions = last_bias[0] - 1 if dueling else last_bias[0]
+    else:
+        n_actions = "?"
+    return f"{'dueling' if dueling else 'plain'}, {len(shapes)} weight arrays, {n_actions} actions"
+
+
 def check_policy_file(path: str | os.PathLike, model: Any) -> None:
     """Raise :class:`PolicyFileError` unless ``path`` holds weights shaped for ``model``."""
     shapes = read_weight_shapes(path)
     expected = [tuple(np.shape(w)) for w in model.get_weights()]
     if shapes != expected:
-        n_file = shapes[-1][0] if shapes and len(shapes[-1]) == 1 else "?"
-        n_model = expected[-1][0] if expected else "?"
         raise PolicyFileError(
-            f"{path} was written for a different network ({len(shapes)} weight arrays, "
-            f"{n_file} actions; this game's network has {len(expected)} arrays, {n_model} actions)"
+            f"{path} was written for a different network ({describe_shapes(shapes)}; "
+            f"this game's network: {describe_shapes(expected)})"
         )
+
+
+class SnapshotWriter:
+    """Numbered copies of the network for learning curves, shared by train.py and launch.py.
+
+    Each :meth:`write` saves ``RUN_DIR/snapshots/policy-<env steps, 9 digits>.h5`` atomically
+    and then appends a row to ``RUN_DIR/snapshots.csv`` (``file`` relative to RUN_DIR), so a row
+    never names a file that is not complete. An existing CSV is appended to (resumed runs).
+    """
+
+    HEADER = ("file", "env_steps", "learner_steps", "wall_seconds")
+
+    def __init__(self, run_dir: str | os.PathLike, start: float | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.csv_path = self.run_dir / "snapshots.csv"
+        self.start = time.monotonic() if start is None else start
+
+    def write(self, model: Any, env_steps: int, learner_steps: int, wall_seconds: float | None = None) -> Path:
+        """Save ``model`` and record it; ``wall_seconds`` defaults to the time since ``start``."""
+        if wall_seconds is None:
+            wall_seconds = time.monotonic() - self.start
+        relative = Path("snapshots") / f"policy-{int(env_steps):09d}.h5"
+        path = save_policy(model, self.run_dir / relative)
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(self.HEADER)
+            writer.writerow([relative.as_posix(), int(env_steps), int(learner_steps), round(wall_seconds, 1)])
+            f.flush()
+            os.fsync(f.fileno())
+        return path

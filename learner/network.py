@@ -4,6 +4,10 @@ The layout is keras-rl's Atari example (``examples/dqn_atari.py``) layer for lay
 ``policy.h5`` written from it loads into any keras-rl ``DQNAgent`` built on that example.
 Inputs are 4 stacked 84x84 frames scaled to [0, 1]; scaling happens outside the network,
 as keras-rl's ``AtariProcessor.process_state_batch`` does it.
+
+The dueling variant is the network keras-rl's ``DQNAgent(enable_dueling_network=True,
+dueling_type="avg")`` makes out of that example, built the same way (see
+:func:`build_q_network`), so its ``policy.h5`` loads into such an agent too.
 """
 
 from __future__ import annotations
@@ -14,13 +18,29 @@ from actors.atari import FRAME_SHAPE, WINDOW
 INPUT_SHAPE = (WINDOW, *FRAME_SHAPE)
 
 
-def build_q_network(n_actions: int):  # -> tf_keras.Model
-    """Conv 32x8x8/4, Conv 64x4x4/2, Conv 64x3x3/1, Dense 512, Dense n_actions (linear)."""
-    kerasrl_compat.load_tensorflow()
-    from tensorflow.keras.layers import Activation, Conv2D, Dense, Flatten, Permute
-    from tensorflow.keras.models import Sequential
+def _dueling_avg(y):  # y: [batch, n_actions + 1] -> Q: [batch, n_actions]
+    """Q = V + A - mean(A), with V = y[:, 0] and A = y[:, 1:] (keras-rl's ``dueling_type='avg'``)."""
+    import tensorflow as tf
 
-    return Sequential(
+    advantage = y[:, 1:]
+    return y[:, :1] + advantage - tf.reduce_mean(advantage, axis=1, keepdims=True)
+
+
+def build_q_network(n_actions: int, dueling: bool = False):  # -> tf_keras.Model
+    """Conv 32x8x8/4, Conv 64x4x4/2, Conv 64x3x3/1, Dense 512, Dense n_actions (linear).
+
+    ``dueling=True`` repeats what keras-rl's ``DQNAgent.__init__`` does to that network: it
+    takes ``model.layers[-2]`` (the Dense(n_actions), skipping the final Activation), puts a
+    Dense(n_actions + 1) on its output (column 0 is V, the rest A) and combines them as
+    V + A - mean(A). Quirk kept on purpose: the base's Dense(n_actions) stays in as a linear
+    hidden layer (512 -> n_actions -> n_actions + 1), because that is the layout, weight for
+    weight, that keras-rl's dueling agent saves and loads.
+    """
+    kerasrl_compat.load_tensorflow()
+    from tensorflow.keras.layers import Activation, Conv2D, Dense, Flatten, Lambda, Permute
+    from tensorflow.keras.models import Model, Sequential
+
+    base = Sequential(
         [
             # (window, h, w) -> (h, w, window): channels-last convolutions, keras-rl's order.
             Permute((2, 3, 1), input_shape=INPUT_SHAPE),
@@ -37,3 +57,8 @@ def build_q_network(n_actions: int):  # -> tf_keras.Model
             Activation("linear"),
         ]
     )
+    if not dueling:
+        return base
+    value_and_advantage = Dense(n_actions + 1, activation="linear")(base.layers[-2].output)
+    q = Lambda(_dueling_avg, output_shape=(n_actions,))(value_and_advantage)
+    return Model(inputs=base.input, outputs=q)

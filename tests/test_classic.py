@@ -144,6 +144,7 @@ def test_play_two_games_and_gif(policy, tmp_path):
     gif = tmp_path / "g.gif"
     out = ok(run(tmp_path, "play", [ROOT / "play.py", "--weights", policy, "--episodes", "2", "--max-steps", "200",
                                     "--gif", gif, "--seed", "1"]))
+    assert re.search(r"^loaded .*policy\.h5: plain network, 4 actions$", out, re.M), out
     assert re.search(r"^game 1: score \d+ in \d+ steps$", out, re.M), out
     assert re.search(r"^game 2: score \d+ in \d+ steps$", out, re.M), out
     assert re.search(r"^mean score over 2 game\(s\): \d+\.\d\d$", out, re.M), out

@@ -10,7 +10,16 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from learner.export import PolicyFileError, check_policy_file, read_weight_shapes, save_policy, write_atomically
+from learner.export import (
+    PolicyFileError,
+    SnapshotWriter,
+    check_policy_file,
+    is_dueling_file,
+    is_dueling_shapes,
+    read_weight_shapes,
+    save_policy,
+    write_atomically,
+)
 from learner.network import INPUT_SHAPE, build_q_network
 
 ATARI_PARAMS = 1_686_180  # keras-rl's Atari example network with 4 actions
@@ -93,6 +102,52 @@ def test_policy_file_round_trip(model, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True))
     with pytest.raises(PolicyFileError, match="different network"):
         check_policy_file(path, build_q_network(6))
+
+
+def test_dueling_files_are_told_apart(model, tmp_path):
+    plain = save_policy(model, tmp_path / "plain.h5")
+    dueling = save_policy(build_q_network(4, dueling=True), tmp_path / "dueling.h5")
+    assert not is_dueling_file(plain) and is_dueling_file(dueling)
+    assert read_weight_shapes(dueling)[-4:] == [(512, 4), (4,), (4, 5), (5,)]
+    for n in (2, 6, 18):  # a plain network ends (512, n), (n,): never the dueling pattern
+        assert not is_dueling_shapes([tuple(w.shape) for w in build_q_network(n).get_weights()])
+        assert is_dueling_shapes([tuple(w.shape) for w in build_q_network(n, dueling=True).get_weights()])
+    with pytest.raises(PolicyFileError) as plain_for_dueling:
+        check_policy_file(plain, build_q_network(4, dueling=True))
+    assert str(plain_for_dueling.value).endswith(
+        "was written for a different network (plain, 10 weight arrays, 4 actions; "
+        "this game's network: dueling, 12 weight arrays, 4 actions)"
+    )
+    with pytest.raises(PolicyFileError, match=r"\(dueling, 12 weight arrays, 4 actions; .* dueling, 12 weight "
+                       r"arrays, 6 actions\)"):
+        check_policy_file(dueling, build_q_network(6, dueling=True))
+    check_policy_file(dueling, build_q_network(4, dueling=True))
+    fresh = build_q_network(4, dueling=True)
+    fresh.load_weights(str(dueling))  # Keras loads it back into the same layout
+
+
+def test_snapshot_writer(model, tmp_path):
+    writer = SnapshotWriter(tmp_path / "run", start=0.0)
+    first = writer.write(model, env_steps=1_000, learner_steps=0, wall_seconds=1.26)
+    writer.write(model, env_steps=2_000, learner_steps=250, wall_seconds=9.0)
+    assert first == tmp_path / "run" / "snapshots" / "policy-000001000.h5"
+    check_policy_file(first, model)
+    # a resumed run appends to the same CSV, without a second header
+    SnapshotWriter(tmp_path / "run").write(model, env_steps=123_456_789, learner_steps=3, wall_seconds=20.0)
+    lines = (tmp_path / "run" / "snapshots.csv").read_text().splitlines()
+    assert lines == [
+        "file,env_steps,learner_steps,wall_seconds",
+        "snapshots/policy-000001000.h5,1000,0,1.3",
+        "snapshots/policy-000002000.h5,2000,250,9.0",
+        "snapshots/policy-123456789.h5,123456789,3,20.0",
+    ]
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == [
+        "policy-000001000.h5", "policy-000002000.h5", "policy-123456789.h5",
+    ]  # fmt: skip  (no temporaries left)
+    timed = SnapshotWriter(tmp_path / "timed")
+    timed.write(model, env_steps=5, learner_steps=0)
+    wall = float((tmp_path / "timed" / "snapshots.csv").read_text().splitlines()[1].split(",")[3])
+    assert 0 <= wall < 60  # seconds since the writer was made
 
 
 def test_failed_write_leaves_old_file(tmp_path):

@@ -1,16 +1,18 @@
 """Independent keras-rl player: proves a ``policy.h5`` is keras-rl compatible.
 
-Usage: python kerasrl_play.py POLICY_H5 [N_ACTIONS]
+Usage: python kerasrl_play.py POLICY_H5 [N_ACTIONS] [--dueling] [--q-values STATES_NPY OUT_NPY]
 
 Deliberately imports nothing from this repository. It rebuilds keras-rl's Atari example
 (``examples/dqn_atari.py`` of keras-rl / keras-rl2) as that example writes it: the same
 network, the same ``AtariProcessor`` on raw RGB frames, ``SequentialMemory`` and a
-``DQNAgent``; loads the weights with ``dqn.load_weights`` and plays one episode with
-``dqn.test``. On success the last line is ``REFERENCE_OK episodes=1 reward=<r> ...``.
+``DQNAgent`` (with ``--dueling``: ``enable_dueling_network=True, dueling_type='avg'``, keras-rl
+adding its own dueling head); loads the weights with ``dqn.load_weights`` and plays one episode
+with ``dqn.test``. ``--q-values`` also writes the agent's Q-values for a uint8 state batch
+(``dqn.compute_batch_q_values``). On success the last line is ``REFERENCE_OK episodes=1 ...``.
 """
 
+import argparse
 import os
-import sys
 
 # Shim (a): keras-rl2 needs Keras 2; TensorFlow picks tf_keras only if this is set before its
 # first import.
@@ -63,6 +65,13 @@ class AtariProcessor(Processor):
         return np.clip(reward, -1.0, 1.0)
 
 
+def allow_keras_rl_lambda():
+    """Shim (e): with enable_dueling_network, dqn.compile clones the model through its config and
+    tf_keras 2.21's safe mode refuses the Python lambda of keras-rl's dueling Lambda layer. It
+    is keras-rl's own lambda from this process, so safe mode is switched off here."""
+    tf_keras.__internal__.enable_unsafe_deserialization()
+
+
 class OldGymEnv:
     """Shim (c): keras-rl expects gym<0.26's reset() -> obs, step() -> (obs, r, done, info)."""
 
@@ -86,8 +95,13 @@ class OldGymEnv:
 
 
 def main():
-    weights = sys.argv[1]
-    nb_actions = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    parser = argparse.ArgumentParser()
+    parser.add_argument("weights")
+    parser.add_argument("nb_actions", nargs="?", type=int, default=4)
+    parser.add_argument("--dueling", action="store_true")
+    parser.add_argument("--q-values", nargs=2, metavar=("STATES_NPY", "OUT_NPY"))
+    args = parser.parse_args()
+    weights, nb_actions = args.weights, args.nb_actions
 
     gymnasium.register_envs(ale_py)
     # BreakoutDeterministic-v4 of the original example: frameskip 4, no sticky actions.
@@ -126,12 +140,19 @@ def main():
         target_model_update=10000,
         train_interval=4,
         delta_clip=1.0,
+        enable_dueling_network=args.dueling,
+        dueling_type="avg",
     )
+    if args.dueling:
+        allow_keras_rl_lambda()
     # Shim (d): in the graph mode rl.agents switches on, only the legacy optimizers work.
     dqn.compile(tf.keras.optimizers.legacy.Adam(learning_rate=0.00025), metrics=["mae"])
 
     dqn.load_weights(weights)
     weight_sum = float(sum(np.abs(w).astype(np.float64).sum() for w in dqn.model.get_weights()))
+    if args.q_values:
+        states = np.load(args.q_values[0])
+        np.save(args.q_values[1], dqn.compute_batch_q_values(states))
     history = dqn.test(env, nb_episodes=1, visualize=False, nb_max_episode_steps=300, verbose=0)
     episodes = len(history.history["episode_reward"])
     reward = float(history.history["episode_reward"][0])
