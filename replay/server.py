@@ -27,9 +27,12 @@ class ReplayServer:
         window: int = 4,
         frame_shape: tuple[int, int] = (84, 84),
         seed: int | None = None,
+        n_step: int = 1,
+        priority_alpha: float | None = None,
     ) -> None:
         tune_malloc()  # this process returns fresh batch arrays on every call: keep them off the kernel
-        self.memory = ReplayMemory(capacity, num_streams, window=window, frame_shape=frame_shape, seed=seed)
+        self.memory = ReplayMemory(capacity, num_streams, window=window, frame_shape=frame_shape, seed=seed,
+                                   n_step=n_step, priority_alpha=priority_alpha)
         self.instance = uuid.uuid4().hex  # changes when Ray restarts this actor (empty) after a crash
 
     def status(self) -> tuple[str, int]:
@@ -58,16 +61,23 @@ class ReplayServer:
         self.memory.add_chunks(chunks)
         return len(self.memory)
 
-    def sample(self, batch_size: int, num_batches: int = 1) -> list[Batch]:
-        """``num_batches`` independent uniform batches: several per call saves Ray round trips."""
-        return [self.memory.sample(batch_size) for _ in range(num_batches)]
+    def sample(self, batch_size: int, num_batches: int = 1, beta: float = 0.4) -> list[Batch]:
+        """``num_batches`` independent batches: several per call saves Ray round trips.
 
-    def sample_packed(self, batch_size: int, num_batches: int = 1) -> list[PackedBatch]:
+        ``beta``: the importance-sampling exponent (prioritized replay; ignored for uniform).
+        """
+        return [self.memory.sample(batch_size, beta) for _ in range(num_batches)]
+
+    def sample_packed(self, batch_size: int, num_batches: int = 1, beta: float = 0.4) -> list[PackedBatch]:
         """Batches with shared frames (what the learner asks for: fewer bytes per call)."""
-        return [self.memory.sample_packed(batch_size) for _ in range(num_batches)]
+        return [self.memory.sample_packed(batch_size, beta) for _ in range(num_batches)]
+
+    def update_priorities(self, indices: Any, keys: Any, priorities: Any) -> None:
+        """The learner's new |td| for transitions it sampled (``keys`` drop overwritten ones)."""
+        self.memory.update_priorities(indices, keys, priorities)
 
     def gather(self, indices: Any) -> Batch:
-        """The transitions at given global positions (prioritized replay samples indices itself)."""
+        """The transitions at given global positions (weight 1)."""
         return self.memory.gather(indices)
 
     def size(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ import kerasrl_compat
 kerasrl_compat.prepare_rl()
 from rl.memory import SequentialMemory  # noqa: E402
 
-from replay.memory import Batch, ReplayMemory  # noqa: E402
+from replay.memory import Batch, PackedBatch, ReplayMemory  # noqa: E402
+from replay.sumtree import SumTree  # noqa: E402
 
 SHAPE = (6, 6)  # small frames keep keras-rl's Python loops fast; one test uses 84x84
 
@@ -99,11 +102,14 @@ def kerasrl_sample(mem: SequentialMemory, idxs: np.ndarray) -> Batch:
         terminal=np.array([e.terminal1 for e in exps]),
         state1=np.array([np.array(e.state1) for e in exps]),
         indices=idxs,
+        horizon=np.ones(len(idxs), np.int32),
+        weight=np.ones(len(idxs), np.float32),
+        keys=idxs,
     )
 
 
 def assert_same(ours: Batch, ref: Batch) -> None:
-    for name in ("state0", "action", "reward", "terminal", "state1"):
+    for name in ("state0", "action", "reward", "terminal", "state1", "horizon", "weight"):
         a, b = getattr(ours, name), getattr(ref, name)
         assert a.shape == b.shape, name
         assert np.array_equal(a, b), name
@@ -335,6 +341,12 @@ def test_one_million_transitions_fit_in_8_gb() -> None:
     assert mem.nbytes == ReplayMemory.estimate_nbytes(1_000_000, 16)
     assert mem.counters()["capacity"] == 1_000_000
     del mem
+    # prioritized: a float64 tree of 2 * 2**20 nodes, 16.8 MB
+    prio = ReplayMemory.estimate_nbytes(1_000_000, 16, prioritized=True)
+    assert prio - ReplayMemory.estimate_nbytes(1_000_000, 16) == 2 * 2**20 * 8 and prio < 8e9
+    assert ReplayMemory.bytes_per_transition(prioritized=True) == 84 * 84 + 24
+    small = ReplayMemory(1000, 3, frame_shape=SHAPE, n_step=3, priority_alpha=0.6)
+    assert small.nbytes == ReplayMemory.estimate_nbytes(1000, 3, SHAPE, prioritized=True)
 
 
 # --- 6. the Ray actor ---------------------------------------------------------------------------
@@ -377,3 +389,485 @@ def test_packed_batches_share_frames_exactly() -> None:
     assert np.array_equal(packed.state0, ref.state0) and np.array_equal(packed.state1, ref.state1)
     assert np.array_equal(packed.action, ref.action) and np.array_equal(packed.reward, ref.reward)
     assert np.array_equal(packed.terminal, ref.terminal)
+
+
+# --- 7. the sum tree ----------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [1, 5, 8, 1000])
+def test_sumtree_matches_brute_force(size: int) -> None:
+    """Integer leaf values keep every sum exact, so find must equal searchsorted on the prefix sums."""
+    rng = np.random.default_rng(size)
+    tree, ref = SumTree(size), np.zeros(size)
+    for _ in range(25):
+        k = int(rng.integers(1, 2 * size + 2))
+        idx = rng.integers(0, size, k)  # duplicates are likely: the last write must win
+        vals = rng.integers(0, 5, k).astype(np.float64)  # zeros are frequent
+        tree.update(idx, vals)
+        for i, v in zip(idx, vals, strict=True):
+            ref[i] = v
+        assert np.array_equal(tree.get(np.arange(size)), ref)
+        assert tree.total == ref.sum()
+        if ref.sum() == 0:
+            with pytest.raises(ValueError):
+                tree.find(np.array([0.0]))
+            continue
+        cum = np.cumsum(ref)
+        total = cum[-1]
+        u = np.concatenate([rng.uniform(0, total, 300), cum[:-1],  # every prefix boundary exactly
+                            [0.0, -3.0, np.nextafter(total, 0), total, total + 7]])
+        got = tree.find(u)
+        expected = np.searchsorted(cum, np.clip(u, 0, np.nextafter(total, 0)), side="right")
+        assert np.array_equal(got, expected)
+        assert (ref[got] > 0).all()
+
+    # float leaves: the prefix property up to rounding, and never a zero leaf
+    vals = rng.random(size) * (rng.random(size) < 0.7)
+    vals[0] += 0.5
+    tree.update(np.arange(size), vals)
+    u = rng.uniform(0, tree.total, 2000)
+    got = tree.find(u)
+    cum = np.cumsum(vals)
+    assert (vals[got] > 0).all()
+    assert np.all(cum[got] - vals[got] <= u + 1e-9) and np.all(u < cum[got] + 1e-9)
+    assert np.isclose(tree.total, vals.sum(), rtol=1e-12)
+
+    copy = SumTree(size)
+    copy.restore(tree.state())
+    assert np.array_equal(copy._tree, tree._tree)
+    for bad in (lambda: tree.update([0], [-1.0]), lambda: tree.update([size], [1.0]),
+                lambda: tree.update([0], [np.nan]), lambda: copy.restore(np.zeros(size + 1))):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_sumtree_never_returns_a_zero_leaf_under_rounding() -> None:
+    """Values over 16 decades with zeros, queries at prefix boundaries and one ulp either side:
+    a plain ``u >= left`` descent lands on zero (or padding) leaves in some of these trees."""
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        size = int(rng.integers(2, 64))
+        vals = 10.0 ** rng.uniform(-8, 8, size) * (rng.random(size) < 0.5)
+        vals[rng.integers(0, size)] = 1.0
+        tree = SumTree(size)
+        tree.update(np.arange(size), vals)
+        cum = np.cumsum(vals)
+        u = np.concatenate([cum, np.nextafter(cum, 0), np.nextafter(cum, np.inf), rng.uniform(0, tree.total, 50)])
+        got = tree.find(u)
+        assert got.max() < size and (vals[got] > 0).all()
+
+
+# --- 8. prioritized sampling --------------------------------------------------------------------
+def chi2_critical(dof: int, z: float = 3.090) -> float:
+    """Upper 0.999 quantile of chi-square (Wilson-Hilferty approximation; z = the normal 0.999 quantile)."""
+    return dof * (1 - 2 / (9 * dof) + z * np.sqrt(2 / (9 * dof))) ** 3
+
+
+def add_with_priorities(mem: ReplayMemory, data: dict, stream: int, rng: np.random.Generator,
+                        priorities: np.ndarray) -> None:
+    i = 0
+    for chunk in chunks_of(data, stream, rng):
+        n = len(chunk["actions"])
+        mem.add_chunk({**chunk, "priorities": priorities[i:i + n]})
+        i += n
+
+
+def test_prioritized_frequencies_match_priorities() -> None:
+    """Counts over 51,200 draws against P(i) = p_i^alpha / sum over valid transitions (chi-square,
+    critical value at 0.999); stratification only lowers the statistic. Invalid entries never come up."""
+    rng = np.random.default_rng(21)
+    alpha, cap = 0.7, 80
+    streams = [make_stream(rng, n, s) for s, n in enumerate((60, 45))]
+    raw = [rng.uniform(0.05, 3.0, len(d["actions"])) for d in streams]
+    mem = ReplayMemory(2 * cap, 2, frame_shape=SHAPE, seed=4, priority_alpha=alpha)
+    for s, data in enumerate(streams):
+        add_with_priorities(mem, data, s, rng, raw[s])
+    valid_pos = np.concatenate([s * cap + np.flatnonzero(reference_valid(d)) for s, d in enumerate(streams)])
+    stored = np.zeros(2 * cap)
+    for s, data in enumerate(streams):
+        stored[s * cap:s * cap + len(raw[s])] = (raw[s] + 1e-6) ** alpha * ~data["is_x"]
+    got = mem.priorities(np.arange(2 * cap))
+    assert np.array_equal(got == 0, stored == 0) and np.allclose(got, stored, rtol=1e-13, atol=0)
+
+    counts = np.zeros(2 * cap, np.int64)
+    draws = 0
+    for _ in range(200):
+        b = mem.sample(256)
+        np.add.at(counts, b.indices, 1)
+        draws += 256
+    invalid = np.ones(2 * cap, bool)
+    invalid[valid_pos] = False
+    assert counts[invalid].sum() == 0
+    expected = draws * stored[valid_pos] / stored[valid_pos].sum()
+    assert expected.min() > 20
+    dof = len(valid_pos) - 1
+    chi2 = float(((counts[valid_pos] - expected) ** 2 / expected).sum())
+    assert chi2 < chi2_critical(dof), (chi2, dof)
+    # the same statistic rejects uniform sampling by a wide margin: the test has power
+    flat = np.full(len(valid_pos), draws / len(valid_pos))
+    assert float(((counts[valid_pos] - flat) ** 2 / flat).sum()) > 10 * chi2_critical(dof)
+
+
+def test_update_priorities_takes_effect_and_ignores_stale_keys() -> None:
+    rng = np.random.default_rng(8)
+    cap, alpha = 60, 0.5
+    mem = ReplayMemory(cap, 1, frame_shape=SHAPE, seed=2, priority_alpha=alpha)
+    f = np.stack([frame_id(0, t, rng) for t in range(200)])
+    z = np.zeros(200, bool)
+    mem.add(0, f[:40], np.zeros(40), np.zeros(40), z[:40], priorities=np.ones(40))
+    b = mem.sample(16)
+    target, key = int(b.indices[0]), int(b.keys[0])
+    assert key == target  # one stream, no wrap yet: position == slot
+
+    def frequency() -> float:
+        return float(np.mean([(mem.sample(64).indices == target).mean() for _ in range(100)]))
+
+    before = frequency()
+    mem.update_priorities([target], [key + cap], [99.0])  # a key from another generation: ignored
+    assert np.isclose(mem.priorities([target])[0], (1 + 1e-6) ** alpha, rtol=1e-13, atol=0)
+    mem.update_priorities([target, target], [key, key], [5.0, 99.0])  # the last one wins
+    assert np.isclose(mem.priorities([target])[0], (99 + 1e-6) ** alpha, rtol=1e-13, atol=0)
+    after = frequency()
+    share = (99 + 1e-6) ** alpha / ((99 + 1e-6) ** alpha + 38 * (1 + 1e-6) ** alpha)  # 39 valid transitions
+    assert before < 0.05 and abs(after - share) < 0.03, (before, after, share)
+
+    # new entries without priorities get the largest stored so far
+    mem.add(0, f[40:45], np.zeros(5), np.zeros(5), z[40:45])
+    assert np.allclose(mem.priorities(np.arange(40, 45)), (99 + 1e-6) ** alpha, rtol=1e-13, atol=0)
+
+    # wrap the ring: the slot now holds entry key + cap; the old key no longer applies
+    mem.add(0, f[45:45 + cap], np.zeros(cap), np.zeros(cap), z[45:45 + cap], priorities=np.full(cap, 2.0))
+    assert np.isclose(mem.priorities([target])[0], (2 + 1e-6) ** alpha, rtol=1e-13, atol=0)
+    mem.update_priorities([target], [key], [50.0])
+    assert np.isclose(mem.priorities([target])[0], (2 + 1e-6) ** alpha, rtol=1e-13, atol=0)
+    mem.update_priorities([target], [key + cap], [50.0])
+    assert np.isclose(mem.priorities([target])[0], (50 + 1e-6) ** alpha, rtol=1e-13, atol=0)
+    with pytest.raises(ValueError):
+        mem.update_priorities([target], [key + cap], [-1.0])
+
+    uniform = ReplayMemory(cap, 1, frame_shape=SHAPE)
+    uniform.add(0, f[:10], np.zeros(10), np.zeros(10), z[:10])
+    uniform.update_priorities([3], [3], [7.0])  # a no-op
+    assert np.all(uniform.sample(32, beta=1.0).weight == 1)
+
+
+def test_eviction_keeps_the_tree_equal_to_live_entries() -> None:
+    """Through several wraps, interleaved streams, default priorities and stale updates the leaves
+    equal a brute-force record of the live entries' priorities (0 for terminal observations)."""
+    rng = np.random.default_rng(13)
+    alpha, cap, n_streams = 0.6, 25, 3
+    mem = ReplayMemory(cap * n_streams, n_streams, frame_shape=SHAPE, seed=0, priority_alpha=alpha)
+    streams = [make_stream(rng, 160, s) for s in range(n_streams)]
+    chunks = [chunks_of(d, s, rng, max_len=40 if s == 0 else 12) for s, d in enumerate(streams)]
+    assert max(len(c["actions"]) for c in chunks[0]) > cap  # some chunk is longer than its ring
+    ref = np.zeros(cap * n_streams)  # leaf per global position
+    ref_max = 0.0
+    count = [0] * n_streams
+    while any(chunks):
+        s = int(rng.choice([i for i, c in enumerate(chunks) if c]))
+        chunk = chunks[s].pop(0)
+        n = len(chunk["actions"])
+        if rng.random() < 0.7:
+            raw = rng.uniform(0, 4, n)
+            chunk = {**chunk, "priorities": raw}
+            vals = (raw + 1e-6) ** alpha
+        else:
+            vals = np.full(n, ref_max if ref_max > 0 else 1.0)
+        mem.add_chunk(chunk)
+        t = count[s] + np.arange(n)
+        kept = t >= count[s] + n - cap  # a chunk longer than the ring keeps its newest entries
+        stored = np.where(streams[s]["is_x"][t[kept]], 0.0, vals[kept])
+        ref[s * cap + t[kept] % cap] = stored
+        ref_max = max(ref_max, float(stored.max()))
+        count[s] += n
+        # learner updates: about half with the current key, the rest with the slot's previous occupant's
+        live = [(q, x) for q in range(n_streams) for x in range(max(0, count[q] - cap), count[q])]
+        pick = [live[i] for i in rng.integers(0, len(live), 6)]
+        keys = np.array([x - cap * int(rng.random() < 0.5) for _, x in pick])
+        idx = np.array([q * cap + x % cap for q, x in pick])
+        raw = rng.uniform(0, 4, 6)
+        mem.update_priorities(idx, keys, raw)
+        for (q, x), k, p, i in zip(pick, keys, raw, idx, strict=True):
+            if k == x and not streams[q]["is_x"][x]:
+                ref[i] = (p + 1e-6) ** alpha
+                ref_max = max(ref_max, ref[i])
+        got = mem.priorities(np.arange(cap * n_streams))
+        # (p + eps) ** alpha may differ in the last bit between numpy's scalar and array paths
+        assert np.array_equal(got == 0, ref == 0) and np.allclose(got, ref, rtol=1e-13, atol=0)
+        assert np.isclose(mem.priority_total, ref.sum(), rtol=1e-12)
+    assert min(count) > 3 * cap and mem.counters()["evicted"] == sum(count) - n_streams * cap
+
+
+def test_importance_weights_follow_the_formula() -> None:
+    rng = np.random.default_rng(17)
+    alpha = 0.8
+    data = make_stream(rng, 70)
+    mem = ReplayMemory(100, 1, frame_shape=SHAPE, seed=6, priority_alpha=alpha)
+    add_with_priorities(mem, data, 0, rng, rng.uniform(0, 5, 70))
+    for beta in (0.0, 0.4, 1.0):
+        for b in (mem.sample(64, beta=beta), mem.sample_packed(64, beta=beta)):
+            prob = mem.priorities(b.indices) / mem.priority_total
+            w = (len(mem) * prob) ** -beta
+            assert b.weight.dtype == np.float32
+            assert np.allclose(b.weight, w / w.max(), rtol=1e-6) and b.weight.max() == 1
+        assert beta == 0 or np.ptp(b.weight) > 0.05
+    assert np.all(mem.gather(b.indices).weight == 1)
+
+    uniform = ReplayMemory(100, 1, frame_shape=SHAPE, seed=6)
+    uniform.add_chunks(chunks_of(data, 0, rng))
+    assert np.all(uniform.sample(64, beta=1.0).weight == 1) and np.all(uniform.sample_packed(8).weight == 1)
+
+
+# --- 9. n-step storage --------------------------------------------------------------------------
+def make_nstep_stream(rng: np.random.Generator, n: int, n_step: int, stream: int) -> dict:
+    """``n`` entries with episodes that end (terminal step + terminal observation), are truncated
+    (final observation, then a new segment) or are cut by an actor restart (new segment at once),
+    and per-entry returns/horizons/dones as an actor computes them; about 15% of the horizons are
+    random instead (possibly crossing an episode or segment: those transitions must be invalid).
+
+    ``inst``: which episode piece (between starts and cuts) an entry belongs to; ``first``: that
+    piece's first entry; ``seg``: the entry starts a segment.
+    """
+    terminals, seg, inst, is_x = [], [], [], []
+    piece, cut = 0, True
+    while len(terminals) < n:
+        kind = rng.choice(["terminal", "truncated", "restart"], p=[0.6, 0.2, 0.2])
+        length = int(rng.integers(1, 9))
+        for k in range(length):
+            terminals.append(kind == "terminal" and k == length - 1)
+            seg.append(cut)
+            inst.append(piece)
+            is_x.append(False)
+            cut = False
+        if kind != "restart":  # the terminal (or final) observation entry
+            terminals.append(False)
+            seg.append(False)
+            inst.append(piece)
+            is_x.append(kind == "terminal")
+        cut = kind != "terminal"
+        piece += 1
+    terminals, seg, inst, is_x = (np.asarray(a[:n]) for a in (terminals, seg, inst, is_x))
+    horizons = np.ones(n, np.uint8)
+    dones = np.zeros(n, bool)
+    for t in range(n):
+        m = 0
+        for k in range(n_step):
+            if t + k + 1 >= n or inst[t + k + 1] != inst[t]:
+                break
+            m = k + 1
+            if terminals[t + k]:
+                dones[t] = True
+                break
+        horizons[t] = max(m, 1)
+        if rng.random() < 0.15:
+            horizons[t] = rng.integers(1, n_step + 1)
+            dones[t] = rng.random() < 0.3
+    first = np.array([np.flatnonzero(inst == inst[t])[0] for t in range(n)])
+    return {
+        "frames": np.stack([frame_id(stream, t, rng) for t in range(n)]),
+        "actions": rng.integers(0, 6, n).astype(np.uint8),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": terminals.astype(bool),
+        "returns": rng.normal(size=n).astype(np.float32),
+        "horizons": horizons,
+        "dones": dones,
+        "priorities": rng.uniform(0, 3, n),
+        "seg": seg.astype(bool),
+        "inst": inst,
+        "first": first,
+        "is_x": is_x.astype(bool),
+    }
+
+
+def nstep_chunks(data: dict, stream: int, rng: np.random.Generator, max_len: int = 9) -> list[dict]:
+    """Chunks that start at every segment start (with ``new_segment``) and at random places."""
+    keys = ("frames", "actions", "rewards", "terminals", "returns", "horizons", "dones", "priorities")
+    n = len(data["actions"])
+    cuts = set(np.flatnonzero(data["seg"]).tolist()) | {n}
+    i = 0
+    while i < n:
+        i = min(n, i + int(rng.integers(1, max_len + 1)))
+        cuts.add(i)
+    bounds = sorted(cuts)
+    return [{"stream": stream, "new_segment": bool(data["seg"][a]), **{k: data[k][a:b] for k in keys}}
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def nstep_reference(data: dict, t: int, size: int, lo: int, window: int) -> tuple[bool, bool]:
+    """(valid, waiting) of entry ``t`` when entries ``lo .. size-1`` are live; waiting: valid but
+    for its bootstrap entry, which has not arrived yet."""
+    m = int(data["horizons"][t])
+    reach = range(t + 1, min(t + m, size - 1) + 1)
+    ok = (not data["is_x"][t] and all(data["inst"][k] == data["inst"][t] for k in reach)
+          and max(data["first"][t], t - window + 1) >= lo)
+    return ok and t + m < size, ok and t + m >= size
+
+
+def check_nstep_rows(b: Batch | PackedBatch, streams: list[dict], cap: int, window: int, n_step: int) -> None:
+    """Every row against frame ids rebuilt from the plain per-stream lists."""
+    s, slot = np.divmod(b.indices, cap)
+    assert np.array_equal(b.keys % cap, slot)
+    for row in range(len(b.indices)):
+        data, t = streams[s[row]], int(b.keys[row])
+        m = int(data["horizons"][t])
+        assert b.horizon[row] == m and b.action[row] == data["actions"][t]
+        assert b.reward[row] == data["returns"][t] and b.terminal[row] == data["dones"][t]
+        first = data["first"][t]
+        k0 = np.arange(t - window + 1, t + 1)
+        k1 = k0 + m
+        assert np.array_equal(decode(b.state0[row]), np.where(k0 >= first, k0, -1))
+        assert np.array_equal(decode(b.state1[row]), np.where(k1 >= first, k1, -1))
+        if isinstance(b, PackedBatch):
+            k = np.arange(t - window + 1, t + n_step + 1)
+            assert np.array_equal(decode(b.frames[row]), np.where((k >= first) & (k <= t + m), k, -1))
+            zero = decode(b.frames[row]) == -1
+            assert not b.frames[row][zero].any()  # masked frames are all-zero
+        present = decode(b.state1[row]) >= 0
+        assert (b.state1[row][:, 0, 1][present] == s[row]).all()
+
+
+@pytest.mark.parametrize("alpha,cap", [(None, 400), (0.6, 400), (None, 29), (0.6, 29)])
+def test_nstep_matches_brute_force(alpha: float | None, cap: int) -> None:
+    """n_step 3, two interleaved streams: validity after every chunk (episode ends, segments, eviction
+    with cap 29, bootstrap entries not yet arrived), then Batch/PackedBatch rows against the lists."""
+    rng = np.random.default_rng(31 + cap)
+    window, n_step, n_streams, n = 4, 3, 2, 150
+    streams = [make_nstep_stream(rng, n, n_step, s) for s in range(n_streams)]
+    chunks = [nstep_chunks(d, s, rng) for s, d in enumerate(streams)]
+    mem = ReplayMemory(cap * n_streams, n_streams, window=window, frame_shape=SHAPE, seed=2, n_step=n_step,
+                       priority_alpha=alpha)
+    size = [0] * n_streams
+    waiting: set[tuple[int, int]] = set()
+    arrived = 0
+    while any(chunks):
+        s = int(rng.choice([i for i, c in enumerate(chunks) if c]))
+        chunk = chunks[s].pop(0)
+        mem.add_chunk(chunk)
+        size[s] += len(chunk["actions"])
+        expected = np.zeros(cap * n_streams, bool)
+        for q, data in enumerate(streams):
+            lo = max(0, size[q] - cap)
+            for t in range(lo, size[q]):
+                valid, wait = nstep_reference(data, t, size[q], lo, window)
+                expected[q * cap + t % cap] = valid
+                if wait:
+                    waiting.add((q, t))
+                elif (q, t) in waiting:
+                    waiting.discard((q, t))
+                    arrived += valid
+        assert np.array_equal(mem.valid(np.arange(cap * n_streams)), expected)
+    assert arrived > 20  # transitions that were invalid until their bootstrap entry came, then valid
+    cross = [(d["horizons"] > 1) & ~d["is_x"] & (d["inst"][np.minimum(np.arange(n) + d["horizons"], n - 1)]
+                                                 != d["inst"]) for d in streams]
+    assert sum(c.sum() for c in cross) >= 3  # horizons that cross a cut or an episode start occur
+
+    for _ in range(4):
+        check_nstep_rows(mem.sample(96, beta=0.5), streams, cap, window, n_step)
+        packed = mem.sample_packed(96, beta=0.5)
+        assert packed.frames.shape == (96, window + n_step, *SHAPE) and packed.horizon.dtype == np.int32
+        check_nstep_rows(packed, streams, cap, window, n_step)
+        again = mem.gather(packed.indices)
+        assert np.array_equal(again.state0, packed.state0) and np.array_equal(again.state1, packed.state1)
+        assert np.array_equal(again.keys, packed.keys)
+    assert (packed.horizon < n_step).any() and (packed.horizon == n_step).any() and packed.terminal.any()
+    buf = mem.empty_batch(16)
+    assert mem.sample(16, out=buf) is buf
+    check_nstep_rows(buf, streams, cap, window, n_step)
+
+
+def test_nstep_add_errors_and_defaults() -> None:
+    rng = np.random.default_rng(3)
+    mem = ReplayMemory(60, 1, frame_shape=SHAPE, n_step=3, priority_alpha=0.5)
+    f = np.stack([frame_id(0, t, rng) for t in range(10)])
+    z = np.zeros(10, bool)
+    for bad in ({"horizons": np.full(10, 4)}, {"horizons": np.zeros(10)}, {"returns": np.zeros(9)},
+                {"priorities": -np.ones(10)}, {"priorities": np.full(10, np.nan)}, {"dones": z[:3]}):
+        with pytest.raises(ValueError):
+            mem.add(0, f, np.zeros(10), np.ones(10), z, **bad)
+    assert len(mem) == 0 and mem.priority_total == 0
+    mem.add(0, f, np.zeros(10), np.arange(10), z)  # defaults: G = reward, m = 1, done = terminal
+    b = mem.gather(np.arange(9))
+    assert np.array_equal(b.reward, np.arange(9)) and (b.horizon == 1).all() and not b.terminal.any()
+    assert np.array_equal(decode(b.state1[:, -1]), np.arange(1, 10))
+    for kwargs in ({"n_step": 0}, {"n_step": 11}, {"priority_alpha": -1.0}):
+        with pytest.raises(ValueError):
+            ReplayMemory(60, 1, frame_shape=SHAPE, **kwargs)
+    with pytest.raises(ValueError):
+        ReplayMemory(8, 1, frame_shape=SHAPE, n_step=4)  # fewer than window + n_step + 1 entries
+
+
+# --- 10. persistence ----------------------------------------------------------------------------
+def npz_round_trip(state: dict) -> dict:
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    buf.seek(0)
+    with np.load(buf) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_state_dict_round_trip_prioritized_nstep() -> None:
+    rng = np.random.default_rng(41)
+    cap, n_step, alpha = 40, 3, 0.6
+    streams = [make_nstep_stream(rng, 90, n_step, s) for s in range(2)]
+
+    def fresh(**kw: Any) -> ReplayMemory:
+        return ReplayMemory(2 * cap, 2, frame_shape=SHAPE, seed=5, **{"n_step": n_step, "priority_alpha": alpha, **kw})
+
+    mem = fresh()
+    for s, data in enumerate(streams):
+        mem.add_chunks(nstep_chunks(data, s, rng))  # wraps each ring twice
+    b = mem.sample(32)
+    mem.update_priorities(b.indices, b.keys, np.full(32, 7.0))  # the largest priority: the default next
+    loaded = fresh()
+    loaded.load_state_dict(npz_round_trip(mem.state_dict()))
+    everything = np.arange(2 * cap)
+    assert np.array_equal(loaded.priorities(everything), mem.priorities(everything))
+    assert loaded.priority_total == mem.priority_total and loaded.counters() == mem.counters()
+    valid = np.flatnonzero(mem.valid(everything))
+    assert len(valid) > 20 and np.array_equal(loaded.valid(everything), mem.valid(everything))
+    for x, y in zip(loaded.gather(valid), mem.gather(valid), strict=True):
+        assert np.array_equal(x, y)
+    extra = {**nstep_chunks(streams[0], 0, rng)[0], "priorities": None, "new_segment": True}
+    for m in (mem, loaded):
+        m.add_chunk(extra)
+    assert np.array_equal(loaded.priorities(everything), mem.priorities(everything))
+    assert np.isclose(loaded.priorities([len(extra["actions"]) - 1 + (90 % cap)])[0], (7 + 1e-6) ** alpha)
+
+    with pytest.raises(ValueError):
+        fresh(n_step=2).load_state_dict(mem.state_dict())  # stored horizons reach 3
+    with pytest.raises(ValueError):
+        ReplayMemory(2 * cap + 2, 2, frame_shape=SHAPE, n_step=n_step).load_state_dict(mem.state_dict())
+
+
+def test_loads_a_save_from_before_nstep_storage() -> None:
+    """A pre-n-step save (rewards and terminals arrays) loads with horizon 1; into a prioritized
+    memory every live entry but terminal observations gets priority 1."""
+    rng = np.random.default_rng(43)
+    data = make_stream(rng, 120)
+    mem = ReplayMemory(100, 1, frame_shape=SHAPE, seed=0)
+    mem.add_chunks(chunks_of(data, 0, rng))
+    old = {k: v for k, v in mem.state_dict().items() if k not in ("returns", "horizons", "n_step")}
+    old["rewards"] = mem._returns.copy()
+    old["terminals"] = (mem._flags & 8) != 0
+    old["flags"] = mem._flags & 7
+    for kw in ({}, {"priority_alpha": 0.5, "n_step": 2}):
+        loaded = ReplayMemory(100, 1, frame_shape=SHAPE, **kw)
+        loaded.load_state_dict(old)
+        valid = np.flatnonzero(mem.valid(np.arange(100)))
+        for x, y in zip(loaded.gather(valid), mem.gather(valid), strict=True):
+            assert np.array_equal(x, y)
+    lo = 20  # 120 entries in a ring of 100
+    assert np.array_equal(loaded.priorities(np.arange(100)), (~data["is_x"][lo + (np.arange(100) - lo) % 100]) * 1.0)
+
+
+def test_replay_server_prioritized_without_ray() -> None:
+    from replay.server import ReplayServer
+
+    rng = np.random.default_rng(44)
+    server = ReplayServer(200, 2, frame_shape=SHAPE, seed=0, n_step=2, priority_alpha=0.6)
+    for s in range(2):
+        server.add_chunks(nstep_chunks(make_nstep_stream(rng, 60, 2, s), s, rng))
+    batches = server.sample_packed(16, 2, beta=1.0)
+    assert len(batches) == 2 and batches[0].frames.shape == (16, 6, *SHAPE)
+    assert batches[0].weight.min() < 1
+    server.update_priorities(batches[0].indices, batches[0].keys, np.zeros(16))
+    assert np.allclose(server.memory.priorities(batches[0].indices), 1e-6 ** 0.6)
+    assert server.sample(8, beta=0.0)[0].weight.tolist() == [1.0] * 8
