@@ -16,6 +16,7 @@ import numpy as np
 
 import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW, make_env
+from actors.nstep import nstep_targets
 from config import Config
 from replay.server import resolve_actor
 
@@ -37,7 +38,12 @@ def stream_epsilon(cfg: Config, stream: int, env_steps: int = 0) -> float:
 
 
 class _Stream:
-    """One emulator and the transitions it produced since the last push."""
+    """One emulator and the entries it played that are not in the replay yet.
+
+    Besides the keras-rl entry fields it keeps the Q-values the explorer acted on, so that the
+    push can compute n-step returns and initial priorities (``actors.nstep``). With n > 1 the
+    newest n - 1 entries wait for the steps that complete their returns.
+    """
 
     def __init__(self, env: Any) -> None:
         self.env = env
@@ -45,26 +51,52 @@ class _Stream:
         self.actions: list[int] = []
         self.rewards: list[float] = []
         self.terminals: list[bool] = []
+        self.q_taken: list[float] = []
+        self.q_max: list[float] = []
+        self.is_obs: list[bool] = []  # a terminal-observation entry (never a transition)
         self.new_segment = True  # the first chunk after (re)start continues nothing
 
-    def record(self, frame: np.ndarray, action: int, reward: float, terminal: bool) -> None:
+    def record(self, frame: np.ndarray, action: int, reward: float, terminal: bool,
+               q: np.ndarray | None = None) -> None:
+        """One entry; ``q`` = the Q-values of its state (None for a terminal observation)."""
         self.frames.append(frame)
         self.actions.append(action)
         self.rewards.append(reward)
         self.terminals.append(terminal)
+        self.q_taken.append(float(q[action]) if q is not None else 0.0)
+        self.q_max.append(float(q.max()) if q is not None else 0.0)
+        self.is_obs.append(q is None)
 
-    def take_chunk(self, stream_id: int) -> dict[str, Any] | None:
+    def take_chunk(self, stream_id: int, cfg: Config, q_next: float, cut: bool = False) -> dict[str, Any] | None:
+        """The complete entries as one replay chunk (removed from the buffer); None if none.
+
+        ``q_next``: max Q of the state the stream is in now (with ``cut``, of the final
+        observation, which is then the last entry).
+        """
         if not self.frames:
+            return None
+        if cut:
+            self.q_max[-1] = q_next  # the final observation is the last entry: returns bootstrap from it
+        targets = nstep_targets(self.rewards, self.terminals, self.q_taken, [*self.q_max, q_next],
+                                cfg.n_step, cfg.gamma, cut=cut, is_obs=self.is_obs)
+        c = targets.complete
+        if c == 0:
             return None
         chunk = {
             "stream": stream_id,
-            "frames": np.stack(self.frames),
-            "actions": np.asarray(self.actions, np.uint8),
-            "rewards": np.asarray(self.rewards, np.float32),
-            "terminals": np.asarray(self.terminals, bool),
+            "frames": np.stack(self.frames[:c]),
+            "actions": np.asarray(self.actions[:c], np.uint8),
+            "rewards": np.asarray(self.rewards[:c], np.float32),
+            "terminals": np.asarray(self.terminals[:c], bool),
+            "returns": targets.returns[:c],
+            "horizons": targets.horizons[:c],
+            "dones": targets.dones[:c],
+            "priorities": targets.priorities[:c] if cfg.prioritized else None,
             "new_segment": self.new_segment,
         }
-        self.frames, self.actions, self.rewards, self.terminals = [], [], [], []
+        for buf in (self.frames, self.actions, self.rewards, self.terminals, self.q_taken, self.q_max,
+                    self.is_obs):
+            del buf[:c]
         self.new_segment = False
         return chunk
 
@@ -89,7 +121,7 @@ class Explorer:
         self.streams = [_Stream(make_env(cfg.game, training=True, seed=seed + j)) for j in range(k)]
         self.n_actions = int(self.streams[0].env.action_space.n)
         self.policies = [EpsGreedyQPolicy(eps=stream_epsilon(cfg, self.first_stream + j)) for j in range(k)]
-        self.model = build_q_network(self.n_actions)
+        self.model = build_q_network(self.n_actions, dueling=cfg.dueling)
         self._q = tf.function(
             lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
             input_signature=[tf.TensorSpec([None, WINDOW, *FRAME_SHAPE], tf.uint8)],
@@ -133,7 +165,7 @@ class Explorer:
             for j, stream in enumerate(self.streams):
                 action = int(self.policies[j].select_action(q_values=q[j]))
                 frame, reward, terminated, truncated, info = stream.env.step(action)
-                stream.record(self.frame[j], action, reward, terminated)
+                stream.record(self.frame[j], action, reward, terminated, q[j])
                 if terminated or truncated:
                     # keras-rl's convention: the final observation is an entry of its own
                     stream.record(frame, 0, 0.0, False)
@@ -143,15 +175,18 @@ class Explorer:
                              "eps": float(self.policies[j].eps)}
                         )
                     if truncated and not terminated:
-                        # cut by the step limit: the next episode must not stack onto this one
-                        self._push([j])
+                        # cut by the step limit: returns bootstrap from the final observation, and
+                        # the next episode must not stack onto this one
+                        final = np.concatenate([self.state[j, 1:], frame[None]])[None]
+                        self._send_chunks([stream.take_chunk(self.first_stream + j, self.cfg,
+                                                             float(self.q_values(final)[0].max()), cut=True)])
                         stream.new_segment = True
                     self._begin_episode(j, stream.env.reset()[0])
                 else:
                     self.state[j, :-1] = self.state[j, 1:]
                     self.state[j, -1] = frame
                     self.frame[j] = frame
-        self._push(range(k))
+        self._push()
         return {
             "actor": self.index,
             "steps": iterations * k,
@@ -161,9 +196,17 @@ class Explorer:
             "epsilons": [float(p.eps) for p in self.policies],
         }
 
-    def _push(self, streams: Any) -> None:
-        """Send what these streams (local indices) recorded since their last push, in one call."""
-        chunks = [c for j in streams if (c := self.streams[j].take_chunk(self.first_stream + j)) is not None]
+    def _push(self) -> None:
+        """Send every stream's complete entries to the replay, in one call."""
+        # max Q of each stream's current state: the bootstrap value of its newest entries'
+        # returns (and so of their priorities); not needed for 1-step uniform replay
+        needs_q = self.cfg.prioritized or self.cfg.n_step > 1
+        q_next = self.q_values(self.state).max(axis=1) if needs_q else np.zeros(len(self.streams))
+        self._send_chunks([s.take_chunk(self.first_stream + j, self.cfg, float(q_next[j]))
+                           for j, s in enumerate(self.streams)])
+
+    def _send_chunks(self, chunks: list[dict | None]) -> None:
+        chunks = [c for c in chunks if c is not None]
         if chunks:
             self._send(chunks)
 
