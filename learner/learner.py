@@ -40,8 +40,8 @@ class Learner:
         tf.random.set_seed(cfg.seed)
         self.cfg = cfg
         self.replay = resolve_actor(replay)
-        self.online = build_q_network(n_actions)
-        self.target = build_q_network(n_actions)
+        self.online = build_q_network(n_actions, dueling=cfg.dueling)
+        self.target = build_q_network(n_actions, dueling=cfg.dueling)
         self.target.set_weights(self.online.get_weights())
         self.optimizer = tf.keras.optimizers.Adam(
             learning_rate=cfg.learning_rate, epsilon=cfg.adam_epsilon
@@ -51,36 +51,45 @@ class Learner:
         self.weights_version = 0
         self._requests: collections.deque = collections.deque()  # sample calls in flight
         self._ready: collections.deque = collections.deque()  # batches received, not yet used
+        self._priorities: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # not yet sent to the replay
         self._train_step = self._make_train_step(tf)
 
     def _make_train_step(self, tf: Any) -> Any:
         cfg = self.cfg
         online, target, optimizer = self.online, self.target, self.optimizer
         huber = tf.keras.losses.Huber(delta=cfg.huber_delta, reduction="none")
-        frames = tf.TensorSpec([None, WINDOW + 1, *FRAME_SHAPE], tf.uint8)
+        # window + n frames per transition: state0 = the first window, state1 = the window that
+        # starts at the transition's horizon m (replay.memory.PackedBatch)
+        frames = tf.TensorSpec([None, None, *FRAME_SHAPE], tf.uint8)
+        vector = tf.TensorSpec([None], tf.float32)
+        window = tf.range(WINDOW, dtype=tf.int32)
 
         def q(model: Any, states: Any, training: bool) -> Any:
             return tf.cast(model(states, training=training), tf.float32)  # bf16 networks give bf16 Q
 
+        def scaled(x: Any) -> Any:
+            return tf.cast(x, tf.float32) / 255.0
+
         @tf.function(
-            input_signature=[frames, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
-                             tf.TensorSpec([None], tf.float32)]
+            input_signature=[frames, tf.TensorSpec([None], tf.int32), vector, vector,
+                             tf.TensorSpec([None], tf.int32), vector]
         )
-        def train_step(frames, action, reward, terminal):
-            # state0 and state1 share window - 1 frames: ship and scale them once
-            s = tf.cast(frames, tf.float32) / 255.0
-            s0, s1 = s[:, :-1], s[:, 1:]
+        def train_step(frames, action, reward, terminal, horizon, weight):
+            s0 = scaled(frames[:, :WINDOW])
+            s1 = scaled(tf.gather(frames, horizon[:, None] + window, batch_dims=1))
             q_next_target = q(target, s1, training=False)
             if cfg.double_dqn:
                 best = tf.argmax(q(online, s1, training=False), axis=1, output_type=tf.int32)
             else:
                 best = tf.argmax(q_next_target, axis=1, output_type=tf.int32)
             q_next = tf.gather(q_next_target, best, batch_dims=1)
-            y = tf.stop_gradient(reward + cfg.gamma * (1.0 - terminal) * q_next)
+            discount = tf.pow(tf.constant(cfg.gamma, tf.float32), tf.cast(horizon, tf.float32))
+            y = tf.stop_gradient(reward + discount * (1.0 - terminal) * q_next)  # n-step target
             with tf.GradientTape() as tape:
                 q_taken = tf.gather(q(online, s0, training=True), action, batch_dims=1)
                 td = y - q_taken
-                loss = tf.reduce_mean(huber(y[:, None], q_taken[:, None]))
+                # importance-sampling weights undo prioritized sampling's bias (1 for uniform)
+                loss = tf.reduce_mean(weight * huber(y[:, None], q_taken[:, None]))
             grads = tape.gradient(loss, online.trainable_variables)
             if cfg.grad_clip_norm > 0:
                 grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip_norm)
@@ -91,7 +100,15 @@ class Learner:
 
     # --- batches -------------------------------------------------------------------------
     def _request(self) -> None:
-        self._requests.append(self.replay.sample_packed.remote(self.cfg.batch_size, BATCHES_PER_REQUEST))
+        beta = self.cfg.beta(self.steps)
+        self._requests.append(self.replay.sample_packed.remote(self.cfg.batch_size, BATCHES_PER_REQUEST, beta))
+
+    def _send_priorities(self) -> None:
+        """New priorities |td| of the sampled transitions, to the replay in one call."""
+        if self._priorities:
+            idx, keys, td = (np.concatenate(parts) for parts in zip(*self._priorities, strict=True))
+            self.replay.update_priorities.remote(idx, keys, np.abs(td))
+            self._priorities = []
 
     def _next_batch(self) -> Any:
         import ray
@@ -106,14 +123,19 @@ class Learner:
     # --- the public surface ----------------------------------------------------------------
     def update(self, batch: Any) -> tuple[float, float, np.ndarray]:
         """One DQN update on ``batch``; sync the target every ``target_update`` steps."""
+        horizon = np.asarray(batch.horizon, np.int32)
         frames = getattr(batch, "frames", None)
-        if frames is None:  # a replay.Batch: state1 is state0 shifted by one frame
-            frames = np.concatenate([batch.state0, batch.state1[:, -1:]], axis=1)
+        if frames is None:  # a replay.Batch: lay state0 and state1 out as a packed row
+            frames = np.zeros((len(horizon), WINDOW + int(horizon.max()), *FRAME_SHAPE), np.uint8)
+            frames[:, :WINDOW] = batch.state0
+            frames[np.arange(len(horizon))[:, None], horizon[:, None] + np.arange(WINDOW)] = batch.state1
         loss, mean_q, td = self._train_step(
             frames,
             np.asarray(batch.action, np.int32),
             np.asarray(batch.reward, np.float32),
             np.asarray(batch.terminal, np.float32),
+            horizon,
+            np.asarray(batch.weight, np.float32),
         )
         self.steps += 1
         if self.steps % self.cfg.target_update == 0:
@@ -143,9 +165,16 @@ class Learner:
                 replay_lost = True
                 break
             waited += time.perf_counter() - w0
-            loss, mean_q, _ = self.update(batch)
+            loss, mean_q, td = self.update(batch)
             losses.append(loss)
             qs.append(mean_q)
+            if self.cfg.prioritized:
+                self._priorities.append((batch.indices, batch.keys, td))
+                if len(self._priorities) >= BATCHES_PER_REQUEST:
+                    self._send_priorities()
+        if not replay_lost:
+            self._send_priorities()
+        self._priorities = []
         self.weights_version += 1
         return {
             "asked": n_updates,
