@@ -141,6 +141,11 @@ class Config:
     """Every setting of a distributed run: built once from the command line by ``launch.py``
     and handed, unchanged, to the replay, learner and explorer actors."""
 
+    # which settings to start from (flags given beside it override its values)
+    preset: str = flag("apex", "hyperparameter set: apex (Ape-X: n-step 3, prioritized replay, dueling double "
+                       "DQN, epsilon ladder, scaled to --num-actors) or classic (keras-rl dqn_atari.py: 1-step, "
+                       "uniform replay, annealed epsilon); every value is listed at the end of --help",
+                       choices=("apex", "classic"))
     # what to play and for how long
     game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
     total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
@@ -164,14 +169,22 @@ class Config:
     replay_capacity: int = flag(1_000_000, "replay memory size in transitions (about 7 KB each)", low=100)
     samples_per_insert: float = flag(8.0, "replay ratio: transitions sampled per transition inserted "
                                      "(8 = one batch of 32 every 4 agent steps, as DQN)", low=0.01)
+    prioritized: bool = flag(True, "proportional prioritized replay (Schaul et al.); false: uniform")
+    priority_alpha: float = flag(0.6, "priority exponent: P(i) ~ |td_i| ** alpha", low=0.0, high=1.0)
+    priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
+                                "over the run's learner steps", low=0.0, high=1.0)
+    n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
     # learning
-    batch_size: int = flag(32, "transitions per learner update", low=1, high=8192)
-    learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
+    batch_size: int = flag(32, "transitions per learner update (apex preset: 32 per 4 explorers, 512 at most)",
+                           low=1, high=8192)
+    learning_rate: float = flag(1e-4, "Adam learning rate", low=0.0, high=1.0)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
-    grad_clip_norm: float = flag(10.0, "clip gradients to this global norm (0: off)", low=0.0)
+    grad_clip_norm: float = flag(40.0, "clip gradients to this global norm (0: off)", low=0.0)
     double_dqn: bool = flag(True, "double DQN targets (online network picks, target network evaluates)")
+    dueling: bool = flag(True, "dueling network, built as keras-rl's DQNAgent(enable_dueling_network=True) "
+                         "builds it, so policy.h5 loads there")
     target_update: int = flag(2_500, "copy the online network to the target every N learner steps "
                               "(2,500 updates = DQN's 10,000 agent steps at 4 steps per update)", low=1)
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
@@ -181,6 +194,12 @@ class Config:
                                   "weights; faster on CPUs with AVX-512 BF16 and on GPUs)",
                                   choices=("float32", "bfloat16"))
     learner_threads: int = flag(0, "TensorFlow threads for the learner (0: all cores of its node)", low=0)
+    # evaluation
+    eval_every: int = flag(100_000, "agent steps between evaluations of the newest network (0: off); the best "
+                           "one is also written as RUN_DIR/best-policy.h5", low=0)
+    eval_episodes: int = flag(8, "games per evaluation, played at once", low=1, high=256)
+    eval_epsilon: float = flag(0.05, "epsilon during evaluation games", low=0.0, high=1.0)
+    eval_max_steps: int = flag(27_000, "agent-step cap of an evaluation game (27,000 = 108,000 frames)", low=1)
     # outputs
     export_every: int = flag(10_000, "write RUN_DIR/policy.h5 every N learner steps (and at the end)", low=1)
     checkpoint_every: int = flag(10_000, "write RUN_DIR/checkpoint.npz every N learner steps (and at the end)",
@@ -189,6 +208,8 @@ class Config:
                              "about 7 KB per transition) so --resume continues with it instead of refilling")
     resume: str | None = flag(None, "continue the run in this run directory from its checkpoint, with its "
                               "config.json; flags given beside it override (e.g. a larger --total-env-steps)")
+    snapshot_every: int = flag(0, "keep a copy of the network every N agent steps in RUN_DIR/snapshots/ with "
+                               "RUN_DIR/snapshots.csv (0: off)", low=0)
     run_dir: str | None = flag(None, "folder for policy.h5, logs and TensorBoard (default: runs/<game>-<time>)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
     # where
@@ -206,6 +227,17 @@ class Config:
     def num_streams(self) -> int:
         return self.num_actors * self.envs_per_actor
 
+    @property
+    def total_learner_steps(self) -> int:
+        """Learner steps the replay ratio allows over the whole run (anneals beta)."""
+        spent = max(0, self.total_env_steps - self.learning_starts)
+        return max(1, int(spent * self.samples_per_insert / self.batch_size))
+
+    def beta(self, learner_steps: int) -> float:
+        """Importance-sampling exponent: --priority-beta at the start, 1 at the end of the run."""
+        frac = min(1.0, learner_steps / self.total_learner_steps)
+        return self.priority_beta + frac * (1.0 - self.priority_beta)
+
     def validate(self) -> None:
         if self.resume:
             return  # checked by launch.py once merged with the saved run's config
@@ -222,6 +254,52 @@ class Config:
                 f"--replay-capacity must hold at least 10 transitions per emulator stream "
                 f"({self.num_streams} streams): use at least {10 * self.num_streams}"
             )
+
+
+def _apex(cfg: Config) -> dict[str, Any]:
+    """Ape-X (Horgan et al. 2018) on Adam, with what depends on the fleet scaled to it: 512-transition
+    batches and a 2M replay at Ape-X's scale, 32 per 4 explorers and 1M on one machine."""
+    return {
+        "exploration": "ladder", "ladder_base": 0.4, "ladder_alpha": 7.0, "weight_sync_every": 400,
+        "n_step": 3, "prioritized": True, "priority_alpha": 0.6, "priority_beta": 0.4,
+        "double_dqn": True, "dueling": True, "gamma": 0.99, "huber_delta": 1.0, "grad_clip_norm": 40.0,
+        "learning_rate": 1e-4, "adam_epsilon": 1.5e-4, "target_update": 2_500, "samples_per_insert": 8.0,
+        "learning_starts": 50_000,
+        "batch_size": int(min(512, 32 * max(1, cfg.num_actors // 4))),
+        "replay_capacity": 2_000_000 if cfg.num_actors >= 64 else 1_000_000,
+    }
+
+
+def _classic(cfg: Config) -> dict[str, Any]:
+    """keras-rl's examples/dqn_atari.py: what train.py runs, on the distributed machinery."""
+    return {
+        "exploration": "anneal", "eps_start": 1.0, "eps_end": 0.1, "eps_anneal_steps": 1_000_000,
+        "n_step": 1, "prioritized": False, "double_dqn": False, "dueling": False, "gamma": 0.99,
+        "huber_delta": 1.0, "grad_clip_norm": 0.0, "learning_rate": 2.5e-4, "adam_epsilon": 1e-7,
+        "target_update": 2_500, "samples_per_insert": 8.0, "batch_size": 32, "learning_starts": 50_000,
+        "replay_capacity": 1_000_000,
+    }
+
+
+PRESETS = {"apex": _apex, "classic": _classic}
+
+
+def apply_preset(cfg: Config, given: set[str]) -> Config:
+    """``cfg`` with its preset's values, except for the flags the user gave (those win)."""
+    values = PRESETS[cfg.preset](cfg)
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in given})
+
+
+def preset_table() -> str:
+    """Every preset value, for --help and docs (the apex column is for 1 and 64 explorers)."""
+    names = sorted({k for make in PRESETS.values() for k in make(Config(num_actors=1))})
+    small, big = _apex(Config(num_actors=1)), _apex(Config(num_actors=64))
+    classic = _classic(Config(num_actors=1))
+    rows = [f"  {'flag':<22} {'apex (1 / 64 explorers)':<26} classic"]
+    for k in names:
+        apex = f"{small.get(k, '-')}" if small.get(k) == big.get(k) else f"{small[k]} / {big[k]}"
+        rows.append(f"  --{k.replace('_', '-'):<20} {apex:<26} {classic.get(k, '-')}")
+    return "\n".join(rows)
 
 
 def given_flags(cls: type, argv: Sequence[str] | None) -> set[str]:

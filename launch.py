@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import Config, check_ranges, given_flags, hms, parse
+from config import Config, apply_preset, check_ranges, given_flags, hms, parse, preset_table
 from learner.checkpoint import CHECKPOINT
 
 EPILOG = """run directory (--run-dir):
@@ -34,7 +34,13 @@ EPILOG = """run directory (--run-dir):
   config.json      every setting of this run
   metrics.jsonl    one record per progress line (the same scalars as TensorBoard)
   episodes.csv     raw score of every finished game: env step, stream, epsilon, score
+  evaluations.csv  every evaluation (--eval-every): env and learner step, mean/min/max raw score
+  best-policy.h5   the network with the best evaluation so far (keras-rl DQNAgent format)
+  snapshots/       with --snapshot-every: policy-<agent step>.h5 copies, listed in snapshots.csv
   tb/              TensorBoard: tensorboard --logdir RUN_DIR/tb
+
+presets (--preset; flags given beside it win):
+{presets}
 
 examples:
   python launch.py --total-env-steps 3000 --learning-starts 500 --replay-capacity 5000 --run-dir runs/try
@@ -75,6 +81,14 @@ class RunLog:
         self.episodes = csv.writer(self.episodes_file)
         if new_csv:
             self.episodes.writerow(["env_step", "stream", "epsilon", "score", "wall_seconds"])
+        new_eval = not (run_dir / "evaluations.csv").exists()
+        self.evals_file = open(run_dir / "evaluations.csv", "a", newline="")
+        self.evals = csv.writer(self.evals_file)
+        if new_eval:
+            self.evals.writerow(["env_step", "learner_step", "wall_seconds", "mean", "min", "max", "episodes",
+                                 "truncated", "weights_version"])
+        self.last_eval: float | None = None
+        self.last_eval_version: int | None = None
         self.scores: deque[float] = deque(maxlen=100)
         self.start = time.monotonic()
         self.last = (self.start, 0, 0)
@@ -89,6 +103,19 @@ class RunLog:
                 self.episodes.writerow([env_steps, g["stream"], f"{g['eps']:.5f}", g["score"], wall])
                 self.tf.summary.scalar("episodic_return", g["score"], step=env_steps)
         self.episodes_file.flush()
+
+    def evaluation(self, env_steps: int, learner_steps: int, version: int, result: dict) -> None:
+        """One finished evaluation: evaluations.csv, TensorBoard and the progress line."""
+        self.last_eval = result["mean"]
+        self.last_eval_version = version
+        self.evals.writerow([env_steps, learner_steps, round(time.monotonic() - self.start, 1),
+                             round(result["mean"], 3), result["min"], result["max"], len(result["scores"]),
+                             result.get("truncated", 0), version])
+        self.evals_file.flush()
+        with self.writer.as_default():
+            self.tf.summary.scalar("eval/mean_score", result["mean"], step=env_steps)
+            self.tf.summary.scalar("eval/max_score", result["max"], step=env_steps)
+        self.writer.flush()
 
     def progress(self, env_steps: int, learner_steps: int, replay_size: int, learner: dict,
                  epsilon: float, last_export: float | None, restarts: dict[str, int] | None = None) -> None:
@@ -111,6 +138,7 @@ class RunLog:
             "mean_q": learner.get("mean_q"),
             "epsilon": epsilon,
             "target_syncs": learner.get("target_syncs", 0),
+            "eval_mean_score": self.last_eval,
             **{f"{role}_restarts": n for role, n in (restarts or {}).items()},
         }
         self.metrics.write(json.dumps(record) + "\n")
@@ -126,12 +154,15 @@ class RunLog:
         print(
             f"env {env_steps:>10,}/{self.cfg.total_env_steps:,} ({100 * env_steps / self.cfg.total_env_steps:4.1f}%)"
             f" | {env_rate:6.0f} env/s | {upd_rate:5.1f} upd/s | replay {replay_size:,} | "
-            f"score(last {len(self.scores)}) {mean:6.2f} | loss {loss:.4f} | export {export} | eta {hms(eta)}"
+            f"score(last {len(self.scores)}) {mean:6.2f}"
+            + (f" | eval {self.last_eval:6.2f}" if self.last_eval is not None else "")
+            + f" | loss {loss:.4f} | export {export} | eta {hms(eta)}"
             + "".join(f" | {role} restarts {n}" for role, n in (restarts or {}).items() if n),
             flush=True,
         )
 
     def close(self) -> None:
+        self.evals_file.close()
         self.metrics.close()
         self.episodes_file.close()
         self.writer.close()
@@ -145,7 +176,9 @@ class Driver:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from actors.atari import make_env
+        from actors.evaluator import Evaluator
         from actors.explorer import Explorer
+        from learner.export import SnapshotWriter
         from learner.learner import Learner
         from learner.network import build_q_network
         from replay.server import ReplayServer
@@ -154,7 +187,7 @@ class Driver:
         probe = make_env(cfg.game, training=False)
         self.n_actions = int(probe.action_space.n)
         probe.close()
-        self.export_model = build_q_network(self.n_actions)
+        self.export_model = build_q_network(self.n_actions, dueling=cfg.dueling)
         # The replay and the learner stay on the driver's node (the head of a cluster) unless the
         # learner asks for a GPU; explorers go wherever CPUs (or --explorer-resource) are free.
         node = ray.get_runtime_context().get_node_id()
@@ -169,7 +202,8 @@ class Driver:
         replay_name = f"replay-{uuid.uuid4().hex[:12]}"
         self.replay = ray.remote(ReplayServer).options(
             name=replay_name, num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # restarts empty: refill
-        ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation)
+        ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation, n_step=cfg.n_step,
+                 priority_alpha=cfg.priority_alpha if cfg.prioritized else None)
         learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1}
         if cfg.learner_threads:
             threads = str(cfg.learner_threads)
@@ -188,6 +222,16 @@ class Driver:
             explorer_options["resources"] = {cfg.explorer_resource: 1}
         explorer = ray.remote(Explorer).options(**explorer_options)
         self.explorers = [explorer.remote(cfg, i, replay_name, self.generation) for i in range(cfg.num_actors)]
+        # The evaluator reserves no CPU: it plays a few games now and then, beside the others.
+        self.evaluator = ray.remote(Evaluator).options(
+            num_cpus=0, max_restarts=-1, scheduling_strategy=here, runtime_env=explorer_options["runtime_env"]
+        ).remote(cfg.game, self.n_actions, dueling=cfg.dueling, epsilon=cfg.eval_epsilon,
+                 max_steps=cfg.eval_max_steps, seed=cfg.seed + 104_729 * (self.generation + 1))
+        self.eval_future: Any = None  # (future, weights version, weights, env steps, learner steps)
+        self.next_eval = state.get("next_eval", cfg.eval_every)
+        self.best_eval = state.get("best_eval") if state.get("best_eval") is not None else -math.inf
+        self.snapshots = SnapshotWriter(run_dir) if cfg.snapshot_every else None
+        self.next_snapshot = state.get("next_snapshot", cfg.snapshot_every)
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
         self.env_steps = state.get("env_steps", 0)
         self.env_steps_issued = self.env_steps
@@ -287,6 +331,7 @@ class Driver:
                     i = running.pop(ref)
                     idle.add(i)
                     self._explorer_done(i, ref)
+            self.poll_evaluation()
             now = time.monotonic()
             if now - last_print >= cfg.log_every:
                 last_print = now
@@ -327,6 +372,59 @@ class Driver:
         self.env_steps += result["steps"]
         self.epsilons[i] = result["epsilons"]
         self.log.games_done(self.env_steps, result["games"])
+        if self.snapshots is not None and self.env_steps >= self.next_snapshot:
+            version, weights = ray.get(self.weights)
+            self.export_model.set_weights(weights)
+            self.snapshots.write(self.export_model, self.env_steps, self.updates_done)
+            self.next_snapshot = (self.env_steps // self.cfg.snapshot_every + 1) * self.cfg.snapshot_every
+
+    # --- evaluation -------------------------------------------------------------------------
+    def poll_evaluation(self) -> None:
+        """Collect a finished evaluation; start the next one when its agent step has come."""
+        cfg = self.cfg
+        if self.eval_future is not None and self.ray.wait([self.eval_future[0]], timeout=0)[0]:
+            self._evaluation_done()
+        due = self.next_eval <= self.env_steps < cfg.total_env_steps  # the final one comes after the loop
+        if self.eval_future is None and cfg.eval_every and due:
+            self.start_evaluation()
+            self.next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
+
+    def start_evaluation(self) -> None:
+        version, weights = self.ray.get(self.weights)
+        future = self.evaluator.evaluate.remote(weights, self.cfg.eval_episodes)
+        self.eval_future = (future, version, weights, self.env_steps, self.updates_done)
+
+    def _evaluation_done(self) -> None:
+        """Log an evaluation; a new best network also goes to RUN_DIR/best-policy.h5."""
+        from learner.export import save_policy
+
+        future, version, weights, env_steps, learner_steps = self.eval_future
+        self.eval_future = None
+        try:
+            result = self.ray.get(future)
+        except self.ray.exceptions.RayActorError:
+            print("the evaluator failed; it restarts and evaluates at the next --eval-every", flush=True)
+            return
+        self.log.evaluation(env_steps, learner_steps, version, result)
+        if result["mean"] > self.best_eval:
+            self.best_eval = result["mean"]
+            self.export_model.set_weights(weights)
+            save_policy(self.export_model, self.run_dir / "best-policy.h5")
+
+    def final_evaluation(self) -> None:
+        """At the end of a finished run: evaluate the final network (unless that was just done)."""
+        if not self.cfg.eval_every:
+            return
+        if self.eval_future is not None:
+            self.ray.wait([self.eval_future[0]])
+            self._evaluation_done()
+        version = self.ray.get(self.weights)[0]
+        evaluated = self.log.last_eval_version
+        if evaluated != version:
+            print(f"final evaluation: {self.cfg.eval_episodes} games...", flush=True)
+            self.start_evaluation()
+            self.ray.wait([self.eval_future[0]])
+            self._evaluation_done()
 
     def replay_size(self) -> int:
         """The replay's size; notices a restarted (empty) replay actor and starts the refill."""
@@ -372,6 +470,9 @@ class Driver:
             "learner_failures": self.learner_failures,
             "games": self.log.games,
             "generation": self.generation,
+            "next_eval": self.next_eval,
+            "best_eval": self.best_eval if math.isfinite(self.best_eval) else None,
+            "next_snapshot": self.next_snapshot,
             "n_actions": self.n_actions,
             "game": self.cfg.game,
         }
@@ -417,7 +518,7 @@ class Driver:
 
     def close(self) -> None:
         self.log.close()
-        for handle in [*self.explorers, self.learner, self.replay]:
+        for handle in [*self.explorers, self.learner, self.replay, self.evaluator]:
             self.ray.kill(handle)
 
 
@@ -520,7 +621,7 @@ def _check_memory(cfg: Config) -> None:
     """Refuse a replay that cannot fit in this machine's available memory (before allocating it)."""
     from replay.memory import ReplayMemory
 
-    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams)
+    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams, prioritized=cfg.prioritized)
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -529,7 +630,7 @@ def _check_memory(cfg: Config) -> None:
         return
     headroom = 1.5e9 + 0.8e9 * (cfg.num_actors + 1)  # TensorFlow in the learner and every explorer
     if need + headroom > available:
-        fits = max(0, int((available - headroom) / ReplayMemory.bytes_per_transition()))
+        fits = max(0, int((available - headroom) / ReplayMemory.bytes_per_transition(prioritized=cfg.prioritized)))
         raise LaunchError(
             f"--replay-capacity {cfg.replay_capacity:,} needs about {need / 1e9:.1f} GB but this machine has "
             f"{available / 1e9:.1f} GB available (with {headroom / 1e9:.1f} GB kept for the actors); "
@@ -597,7 +698,14 @@ def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, di
 
     resume = None
     if cfg.resume:
-        cfg, resume = _resume_config(cfg, argv)
+        cfg, resume = _resume_config(cfg, argv)  # a resumed run keeps its resolved settings
+    else:
+        cfg = apply_preset(cfg, given_flags(Config, argv))
+        try:
+            check_ranges(cfg)
+            cfg.validate()
+        except ValueError as exc:
+            raise LaunchError(f"with --preset {cfg.preset}: {exc}") from None
     try:
         rom_id(cfg.game)
     except UnknownGameError as exc:
@@ -636,6 +744,7 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
         try:
             driver.run()
             stopped = None
+            driver.final_evaluation()
         except Stop as why:
             stopped = str(why)
         for s in previous:  # a second Ctrl-C during the final export must not cut it
@@ -657,7 +766,7 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(Config, argv, __doc__, EPILOG, prog="launch.py")
+    cfg = parse(Config, argv, __doc__, EPILOG.replace("{presets}", preset_table()), prog="launch.py")
     try:
         cfg, resume = prepare(cfg, argv)
         launch(cfg, resume)

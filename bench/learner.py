@@ -50,12 +50,10 @@ def make_batches(batch_size: int, seed: int) -> list:
         action = rng.integers(0, N_ACTIONS, batch_size).astype(np.int32)
         reward = rng.choice(np.float32([-1, 0, 0, 0, 1]), batch_size)
         terminal = rng.random(batch_size) < 0.01
-        if hasattr(rm, "PackedBatch"):
-            out.append(rm.PackedBatch(frames=frames, action=action, reward=reward, terminal=terminal,
-                                      indices=np.arange(batch_size)))
-        else:
-            out.append(rm.Batch(state0=frames[:, :4].copy(), action=action, reward=reward, terminal=terminal,
-                                state1=frames[:, 1:].copy(), indices=np.arange(batch_size)))
+        ones = {"horizon": np.ones(batch_size, np.int32), "weight": np.ones(batch_size, np.float32),
+                "keys": np.arange(batch_size)}  # 1-step, uniform: the same work as keras-rl's
+        out.append(rm.PackedBatch(frames=frames, action=action, reward=reward, terminal=terminal,
+                                  indices=np.arange(batch_size), **ones))
     return out
 
 
@@ -136,7 +134,8 @@ def our_learner(double: bool, seed: int, precision: str = "float32"):
     from learner.learner import Learner
 
     extra = {"learner_precision": precision} if precision != "float32" else {}
-    cfg = Config(num_actors=1, double_dqn=double, seed=seed, **extra)
+    # keras-rl's problem: plain network, 1-step targets, uniform replay (the apex defaults differ)
+    cfg = Config(num_actors=1, double_dqn=double, seed=seed, dueling=False, n_step=1, prioritized=False, **extra)
     learner = Learner(cfg, N_ACTIONS, replay=None)
     tf.keras.mixed_precision.set_global_policy("float32")  # the Learner sets it process-wide; undo for the next
     return learner
@@ -202,12 +201,8 @@ def breakdown(learner, batches: list, seconds: float, rounds: int) -> dict:
             return n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
         return run
 
-    rest = (np.asarray(b.action, np.int32), np.asarray(b.reward, np.float32), np.asarray(b.terminal, np.float32))
-    if len(learner._train_step.input_signature) == 4:  # packed: (frames, action, reward, terminal)
-        frames = np.concatenate([b.state0, b.state1[:, -1:]], axis=1)
-        step_args = (frames, *rest)
-    else:  # (state0, action, reward, terminal, state1)
-        step_args = (b.state0, *rest, b.state1)
+    step_args = (b.frames, np.asarray(b.action, np.int32), np.asarray(b.reward, np.float32),
+                 np.asarray(b.terminal, np.float32), b.horizon, b.weight)
     parts = {
         "cast_uint8_to_float": ms(lambda: cast(s0).numpy()),
         "forward_s0": ms(lambda: forward(s0).numpy()),

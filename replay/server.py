@@ -76,6 +76,10 @@ class ReplayServer:
         """The learner's new |td| for transitions it sampled (``keys`` drop overwritten ones)."""
         self.memory.update_priorities(indices, keys, priorities)
 
+    def priorities(self, indices: Any) -> np.ndarray:
+        """Stored priorities ``(p + eps) ** alpha`` at global positions (diagnostics, tests)."""
+        return self.memory.priorities(np.asarray(indices))
+
     def gather(self, indices: Any) -> Batch:
         """The transitions at given global positions (weight 1)."""
         return self.memory.gather(indices)

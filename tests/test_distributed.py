@@ -57,11 +57,13 @@ def test_ape_x_ladder() -> None:
 
 
 def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
-    """Every pushed frame is what the emulator shows after the recorded actions."""
+    """Every pushed frame is what the emulator shows after the recorded actions, and every
+    pushed n-step return is the discounted sum of the rewards that followed."""
     ray = ray_session
     _by_value()
-    cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=5)
-    replay = ray.remote(num_cpus=0)(RecordingReplay).remote(2000, cfg.num_streams, seed=0)
+    cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=5, n_step=3, gamma=0.9)
+    replay = ray.remote(num_cpus=0)(RecordingReplay).remote(2000, cfg.num_streams, seed=0, n_step=3,
+                                                            priority_alpha=0.6)
     explorer = ray.remote(num_cpus=0)(Explorer).remote(cfg, 0, replay)
     try:
         reports = [ray.get(explorer.run.remote(None, 400)) for _ in range(2)]
@@ -75,8 +77,9 @@ def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
     assert sum(r["steps"] for r in reports) == 800
     terminals = sum(int(c["terminals"].sum()) for c in chunks)
     assert terminals > 0, "800 random Breakout steps lose at least one life"
-    # one entry per step, plus keras-rl's extra terminal-observation entry per episode end
-    assert counters["added"] >= 800 + terminals
+    # one entry per step, plus keras-rl's extra terminal-observation entry per episode end, less
+    # the newest n - 1 entries of each stream, which wait for the steps that finish their returns
+    assert counters["added"] >= 800 + terminals - cfg.num_streams * (cfg.n_step - 1)
     for stream in range(cfg.num_streams):
         mine = [c for c in chunks if c["stream"] == stream]
         assert mine[0]["new_segment"] and not any(c["new_segment"] for c in mine[1:])
@@ -85,6 +88,21 @@ def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
         rewards = np.concatenate([c["rewards"] for c in mine])
         terms = np.concatenate([c["terminals"] for c in mine])
         assert set(np.unique(rewards)) <= {0.0, 1.0}, "training rewards are clipped"
+        returns = np.concatenate([c["returns"] for c in mine])
+        horizons = np.concatenate([c["horizons"] for c in mine])
+        dones = np.concatenate([c["dones"] for c in mine])
+        priorities = np.concatenate([c["priorities"] for c in mine])
+        assert (priorities >= 0).all() and priorities.max() > 0
+        after_terminal = np.concatenate([[False], terms[:-1]])
+        for j in np.flatnonzero(~after_terminal[: len(frames) - cfg.n_step]):
+            g, m, done = 0.0, 0, False
+            for k in range(cfg.n_step):
+                g += cfg.gamma**k * rewards[j + k]
+                m = k + 1
+                if terms[j + k]:
+                    done = True
+                    break
+            assert (returns[j], horizons[j], dones[j]) == (pytest.approx(g), m, done), f"entry {j}"
         assert actions.max() < 4
         env = make_env(cfg.game, training=True, seed=cfg.seed * 100_003 + stream)
         frame = env.reset()[0]
@@ -101,7 +119,8 @@ def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
             i += 1
     for b in batch:
         assert isinstance(b, Batch) and b.state0.shape == (16, 4, 84, 84) and b.state0.dtype == np.uint8
-        assert np.array_equal(b.state0[:, 1:], b.state1[:, :-1])
+        for s0, s1, m in zip(b.state0, b.state1, b.horizon, strict=True):
+            assert np.array_equal(s0[m:], s1[: 4 - m]), "state1 is the stack m entries later"
 
 
 def test_target_network_syncs_exactly_every_n_learner_steps() -> None:
@@ -113,8 +132,9 @@ def test_target_network_syncs_exactly_every_n_learner_steps() -> None:
 
     def batch() -> Batch:
         frames = rng.integers(0, 255, (8, 4, 84, 84), dtype=np.uint8)
-        return Batch(frames, rng.integers(0, 4, 8), rng.random(8).astype(np.float32),
-                     np.zeros(8, bool), frames, np.arange(8))
+        return Batch(state0=frames, action=rng.integers(0, 4, 8), reward=rng.random(8).astype(np.float32),
+                     terminal=np.zeros(8, bool), state1=frames, indices=np.arange(8), horizon=np.ones(8, np.int32),
+                     weight=np.ones(8, np.float32), keys=np.arange(8))
 
     def same(a: list, b: list) -> bool:
         return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
@@ -140,6 +160,7 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     run_dir = tmp_path / "run"
     argv = ["--num-actors", "2", "--envs-per-actor", "2", "--total-env-steps", "1200", "--learning-starts", "400",
             "--replay-capacity", "3000", "--export-every", "40", "--target-update", "50", "--log-every", "2",
+            "--eval-every", "600", "--eval-episodes", "2", "--eval-max-steps", "1500", "--snapshot-every", "500",
             "--run-dir", str(run_dir)]
     assert launch.main(argv) == 0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -151,13 +172,22 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     assert json.loads((run_dir / "config.json").read_text())["num_actors"] == 2
     assert (run_dir / "episodes.csv").read_text().startswith("env_step,stream,epsilon,score")
     assert any((run_dir / "tb").iterdir())
-    policy = run_dir / "policy.h5"
-    assert policy.stat().st_size > 6_000_000
+    # an evaluation once 600 agent steps are played, and one of the final network at the end
+    evals = [r.split(",") for r in (run_dir / "evaluations.csv").read_text().splitlines()]
+    assert evals[0][:2] == ["env_step", "learner_step"] and len(evals) == 3
+    assert 600 <= int(evals[1][0]) < 1200 and evals[2][:2] == ["1200", str(last["learner_steps"])]
+    snapshots = (run_dir / "snapshots.csv").read_text().splitlines()[1:]
+    steps = [int(r.split(",")[1]) for r in snapshots]  # one as each multiple of 500 is passed
+    assert len(steps) == 2 and 500 <= steps[0] < 1000 <= steps[1] and all((run_dir / r.split(",")[0]).is_file()
+                                                                         for r in snapshots)
     env = dict(os.environ, **kerasrl_compat.PROCESS_ENV)
-    out = subprocess.run([sys.executable, str(ROOT / "tests/reference/kerasrl_play.py"), str(policy)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "REFERENCE_OK" in out.stdout
+    for policy in (run_dir / "policy.h5", run_dir / "best-policy.h5"):
+        # the apex preset's dueling network loads into keras-rl's DQNAgent(enable_dueling_network=True)
+        assert policy.stat().st_size > 6_000_000
+        out = subprocess.run([sys.executable, str(ROOT / "tests/reference/kerasrl_play.py"), str(policy),
+                              "--dueling"], capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "REFERENCE_OK" in out.stdout
     assert ray_session.is_initialized(), "launch must leave a Ray it did not start running"
 
 
@@ -226,8 +256,10 @@ def test_bfloat16_learner_trains_and_keeps_float32_weights() -> None:
         "rng = np.random.default_rng(0)\n"
         "before = learner.online.get_weights()\n"
         "for _ in range(3):\n"
-        "    b = PackedBatch(rng.integers(0, 255, (8, 5, 84, 84), dtype=np.uint8), rng.integers(0, 4, 8),\n"
-        "                    rng.random(8).astype(np.float32), np.zeros(8, bool), np.arange(8))\n"
+        "    b = PackedBatch(frames=rng.integers(0, 255, (8, 7, 84, 84), dtype=np.uint8),\n"
+        "                    action=rng.integers(0, 4, 8), reward=rng.random(8).astype(np.float32),\n"
+        "                    terminal=np.zeros(8, bool), indices=np.arange(8), horizon=np.full(8, 3, np.int32),\n"
+        "                    weight=rng.random(8).astype(np.float32), keys=np.arange(8))\n"
         "    loss, q, td = learner.update(b)\n"
         "after = learner.online.get_weights()\n"
         "assert all(w.dtype == np.float32 for w in after)\n"
