@@ -8,8 +8,9 @@ and both are judged by the same procedure. Wall time is counted from each proces
 (interpreter, TensorFlow and Ray start-up included) to the snapshot file's write.
 
 Targets: at equal wall time, the distributed score >= 2x keras-rl's; at equal env frames, no
-worse. "Score at time T" is the mean evaluation score of the snapshots in the last
-``--window`` fraction of the time both ran (smoothing over evaluation noise).
+worse. "Score at time T" is the mean of the evaluation-score curve (linear between snapshots)
+over the last ``--window`` fraction of the time both ran, smoothing over evaluation noise; the
+same for frames, up to the frames both reached.
 
     ./dqn python bench/learning_curve.py                      # 45 + 45 minutes, then the evaluations
     ./dqn python bench/learning_curve.py --minutes 5 --out runs/lc-try   # a quick try
@@ -138,9 +139,15 @@ def evaluate_all(args: argparse.Namespace, work: Path) -> list[dict]:
 
 
 def tail_mean(rows: list[dict], key: str, end: float, window: float) -> float | None:
-    """Mean score of the rows with ``key`` in the last ``window`` fraction of [0, end]."""
-    chosen = [r["mean"] for r in rows if end * (1 - window) <= r[key] <= end]
-    return sum(chosen) / len(chosen) if chosen else None
+    """Mean of the score curve (linear between snapshots) over the last ``window`` fraction of [0, end]."""
+    import numpy as np
+
+    points = sorted((r[key], r["mean"]) for r in rows)
+    if not points or points[0][0] > end:
+        return None
+    xs, ys = zip(*points, strict=True)
+    grid = np.linspace(end * (1 - window), end, 21)
+    return float(np.mean(np.interp(grid, xs, ys)))
 
 
 def summarise(rows: list[dict], window: float) -> dict:
