@@ -226,7 +226,8 @@ class Driver:
         self.evaluator = ray.remote(Evaluator).options(
             num_cpus=0, max_restarts=-1, scheduling_strategy=here, runtime_env=explorer_options["runtime_env"]
         ).remote(cfg.game, self.n_actions, dueling=cfg.dueling, epsilon=cfg.eval_epsilon,
-                 max_steps=cfg.eval_max_steps, seed=cfg.seed + 104_729 * (self.generation + 1))
+                 max_steps=cfg.eval_max_steps, seed=cfg.seed + 104_729 * (self.generation + 1)
+                 ) if cfg.eval_every else None
         self.eval_future: Any = None  # (future, weights version, weights, env steps, learner steps)
         self.next_eval = state.get("next_eval", cfg.eval_every)
         self.best_eval = state.get("best_eval") if state.get("best_eval") is not None else -math.inf
@@ -412,19 +413,19 @@ class Driver:
             save_policy(self.export_model, self.run_dir / "best-policy.h5")
 
     def final_evaluation(self) -> None:
-        """At the end of a finished run: evaluate the final network (unless that was just done)."""
+        """At the end of a finished run: evaluate the final network (unless that was just done).
+        Ctrl-C skips it."""
         if not self.cfg.eval_every:
             return
-        if self.eval_future is not None:
-            self.ray.wait([self.eval_future[0]])
-            self._evaluation_done()
-        version = self.ray.get(self.weights)[0]
-        evaluated = self.log.last_eval_version
-        if evaluated != version:
-            print(f"final evaluation: {self.cfg.eval_episodes} games...", flush=True)
-            self.start_evaluation()
-            self.ray.wait([self.eval_future[0]])
-            self._evaluation_done()
+        for final in (False, True):
+            if final and self.log.last_eval_version != self.ray.get(self.weights)[0]:
+                print(f"final evaluation: {self.cfg.eval_episodes} games (Ctrl-C skips it)...", flush=True)
+                self.start_evaluation()
+            while self.eval_future is not None:
+                if _stop_requested:
+                    return
+                if self.ray.wait([self.eval_future[0]], timeout=0.5)[0]:
+                    self._evaluation_done()
 
     def replay_size(self) -> int:
         """The replay's size; notices a restarted (empty) replay actor and starts the refill."""
@@ -518,7 +519,7 @@ class Driver:
 
     def close(self) -> None:
         self.log.close()
-        for handle in [*self.explorers, self.learner, self.replay, self.evaluator]:
+        for handle in [*self.explorers, self.learner, self.replay, *([self.evaluator] if self.evaluator else [])]:
             self.ray.kill(handle)
 
 
@@ -669,8 +670,14 @@ def _resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[d
     fields = {f.name for f in dataclasses.fields(Config)}
     if not isinstance(saved, dict) or not {"num_actors", "replay_capacity", "learning_starts"} <= set(saved):
         raise LaunchError(f"--resume {run_dir}: its config.json is from another program, not launch.py")
-    merged = {k: v for k, v in saved.items() if k in fields}
-    merged.update({k: getattr(cfg, k) for k in given_flags(Config, argv)})
+    # runs from before presets existed trained a plain network on 1-step uniform replay
+    merged = {"dueling": False, "n_step": 1, "prioritized": False}
+    merged.update({k: v for k, v in saved.items() if k in fields})
+    given = given_flags(Config, argv)
+    if "dueling" in given and cfg.dueling != merged["dueling"]:
+        raise LaunchError(f"--resume {run_dir}: its checkpoint holds a {'dueling' if merged['dueling'] else 'plain'} "
+                          f"network; leave out --dueling (a new network needs a new run)")
+    merged.update({k: getattr(cfg, k) for k in given})
     merged.update(run_dir=str(run_dir), resume=str(run_dir))
     try:
         new = Config(**merged)

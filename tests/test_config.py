@@ -1,0 +1,73 @@
+"""Presets: classic mirrors train.py (keras-rl dqn_atari.py), apex scales with the fleet, given flags win."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import launch
+from config import Config, apply_preset, preset_table
+from train import TrainConfig
+
+
+def test_classic_preset_is_what_train_py_runs() -> None:
+    cfg = apply_preset(Config(preset="classic", num_actors=3), given=set())
+    keras_rl = TrainConfig()
+    assert cfg.learning_rate == keras_rl.learning_rate and cfg.gamma == keras_rl.gamma
+    assert cfg.huber_delta == keras_rl.delta_clip and cfg.batch_size == keras_rl.batch_size
+    assert cfg.learning_starts == keras_rl.warmup and cfg.replay_capacity == keras_rl.memory_limit
+    # one batch of 32 every 4 agent steps = 8 samples per insert; a target sync every 10,000 agent steps
+    assert cfg.samples_per_insert == keras_rl.batch_size / keras_rl.train_interval
+    assert cfg.target_update == keras_rl.target_update / keras_rl.train_interval
+    assert (cfg.exploration, cfg.eps_start, cfg.eps_end, cfg.eps_anneal_steps) == (
+        "anneal", keras_rl.eps_start, keras_rl.eps_end, keras_rl.eps_steps)
+    assert (cfg.n_step, cfg.prioritized, cfg.dueling, cfg.double_dqn) == (1, False, keras_rl.dueling,
+                                                                          keras_rl.double_dqn)
+    assert cfg.grad_clip_norm == 0 and cfg.num_actors == 3
+
+
+def test_apex_preset_scales_with_the_number_of_explorers() -> None:
+    small = apply_preset(Config(preset="apex", num_actors=1), given=set())
+    big = apply_preset(Config(preset="apex", num_actors=64), given=set())
+    assert (small.batch_size, small.replay_capacity) == (32, 1_000_000)
+    assert (big.batch_size, big.replay_capacity) == (512, 2_000_000)
+    for cfg in (small, big):
+        assert (cfg.n_step, cfg.prioritized, cfg.dueling, cfg.double_dqn, cfg.exploration) == (
+            3, True, True, True, "ladder")
+        assert (cfg.priority_alpha, cfg.priority_beta, cfg.grad_clip_norm) == (0.6, 0.4, 40.0)
+
+
+def test_beta_anneals_to_one_over_the_run() -> None:
+    cfg = Config(total_env_steps=10_000, learning_starts=2_000, samples_per_insert=8, batch_size=32)
+    assert cfg.total_learner_steps == 2_000
+    assert cfg.beta(0) == pytest.approx(0.4) and cfg.beta(1_000) == pytest.approx(0.7)
+    assert cfg.beta(2_000) == cfg.beta(5_000) == pytest.approx(1.0)
+
+
+def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_path: Path) -> None:
+    argv = ["--preset", "classic", "--n-step", "3", "--learning-starts", "500", "--replay-capacity", "5000",
+            "--total-env-steps", "3000", "--run-dir", str(tmp_path / "run")]
+    cfg = launch.parse(Config, argv, "")
+    cfg, resume = launch.prepare(cfg, argv)
+    assert resume is None
+    assert (cfg.n_step, cfg.learning_starts, cfg.replay_capacity) == (3, 500, 5000)  # given
+    assert (cfg.exploration, cfg.prioritized, cfg.dueling, cfg.learning_rate) == ("anneal", False, False, 2.5e-4)
+    assert "--n-step" in preset_table() and "classic" in preset_table()
+
+
+def test_resuming_a_run_from_before_presets_keeps_its_plain_one_step_setup(tmp_path: Path) -> None:
+    from learner.checkpoint import save_checkpoint
+
+    run = tmp_path / "old"
+    run.mkdir()
+    old = {k: v for k, v in json.loads(json.dumps(Config().__dict__)).items()
+           if k not in ("preset", "n_step", "prioritized", "priority_alpha", "priority_beta", "dueling")}
+    old.update(total_env_steps=3000, learning_starts=500, replay_capacity=5000, run_dir=str(run))
+    (run / "config.json").write_text(json.dumps(old))
+    save_checkpoint(run, {"online": [], "target": [], "optimizer": [], "steps": 0}, {"env_steps": 100})
+    cfg, _ = launch._resume_config(Config(resume=str(run)), ["--resume", str(run)])
+    assert (cfg.dueling, cfg.n_step, cfg.prioritized) == (False, 1, False)
+    with pytest.raises(launch.LaunchError, match="dueling"):
+        launch._resume_config(Config(resume=str(run), dueling=True), ["--resume", str(run), "--dueling", "true"])
