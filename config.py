@@ -238,9 +238,11 @@ class Config:
         frac = min(1.0, learner_steps / self.total_learner_steps)
         return self.priority_beta + frac * (1.0 - self.priority_beta)
 
-    def validate(self) -> None:
-        if self.resume:
-            return  # checked by launch.py once merged with the saved run's config
+    def validate(self, merged: bool = False) -> None:
+        """Checks across flags. A ``--resume`` is checked by launch.py once merged with the saved
+        run's config (``merged=True``)."""
+        if self.resume and not merged:
+            return
         if self.learning_starts > self.total_env_steps:
             raise ValueError(
                 f"--learning-starts ({self.learning_starts}) exceeds --total-env-steps ({self.total_env_steps})"
@@ -249,10 +251,11 @@ class Config:
             raise ValueError(
                 f"--learning-starts ({self.learning_starts}) exceeds --replay-capacity ({self.replay_capacity})"
             )
-        if self.replay_capacity < 10 * self.num_streams:
+        per_stream = max(10, 4 + self.n_step + 1)  # a stack, its n-step horizon and one more
+        if self.replay_capacity < per_stream * self.num_streams:
             raise ValueError(
-                f"--replay-capacity must hold at least 10 transitions per emulator stream "
-                f"({self.num_streams} streams): use at least {10 * self.num_streams}"
+                f"--replay-capacity must hold at least {per_stream} transitions per emulator stream "
+                f"({self.num_streams} streams): use at least {per_stream * self.num_streams}"
             )
 
 

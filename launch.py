@@ -26,6 +26,7 @@ from typing import Any
 import kerasrl_compat
 from config import Config, apply_preset, check_ranges, given_flags, hms, parse, preset_table
 from learner.checkpoint import CHECKPOINT
+from learner.export import write_atomically
 
 EPILOG = """run directory (--run-dir):
   policy.h5        newest Q-network, keras-rl DQNAgent format (every --export-every learner steps, and at the end)
@@ -168,6 +169,15 @@ class RunLog:
         self.writer.close()
 
 
+def best_evaluation(run_dir: Path) -> float:
+    """The best mean score in RUN_DIR/evaluations.csv (-inf when none): the score of best-policy.h5."""
+    try:
+        with open(run_dir / "evaluations.csv", newline="") as f:
+            return max((float(row["mean"]) for row in csv.DictReader(f)), default=-math.inf)
+    except (OSError, KeyError, ValueError):
+        return -math.inf
+
+
 class Driver:
     """Builds the actors, keeps the replay ratio and runs the loop until the step budget is spent."""
 
@@ -230,7 +240,7 @@ class Driver:
                  ) if cfg.eval_every else None
         self.eval_future: Any = None  # (future, weights version, weights, env steps, learner steps)
         self.next_eval = state.get("next_eval", cfg.eval_every)
-        self.best_eval = state.get("best_eval") if state.get("best_eval") is not None else -math.inf
+        self.best_eval = best_evaluation(run_dir)  # best-policy.h5's score, even if newer than the checkpoint
         self.snapshots = SnapshotWriter(run_dir) if cfg.snapshot_every else None
         self.next_snapshot = state.get("next_snapshot", cfg.snapshot_every)
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
@@ -248,7 +258,7 @@ class Driver:
         self.log = RunLog(cfg, run_dir, games=state.get("games", 0))
         self.refill_from = (0, 0)  # (env steps, learner steps) when the replay last started empty
         if learner_state is not None:
-            ray.get(self.learner.set_state.remote(learner_state))
+            self.restore_learner(learner_state)
             self.restore_replay()
         self.weights = self.learner.get_weights.remote()
 
@@ -374,7 +384,10 @@ class Driver:
         self.epsilons[i] = result["epsilons"]
         self.log.games_done(self.env_steps, result["games"])
         if self.snapshots is not None and self.env_steps >= self.next_snapshot:
-            version, weights = ray.get(self.weights)
+            try:
+                version, weights = ray.get(self.weights)
+            except ray.exceptions.RayActorError:
+                return  # the learner died: _learner_done restarts it; the snapshot comes next time
             self.export_model.set_weights(weights)
             self.snapshots.write(self.export_model, self.env_steps, self.updates_done)
             self.next_snapshot = (self.env_steps // self.cfg.snapshot_every + 1) * self.cfg.snapshot_every
@@ -391,7 +404,10 @@ class Driver:
             self.next_eval = (self.env_steps // cfg.eval_every + 1) * cfg.eval_every
 
     def start_evaluation(self) -> None:
-        version, weights = self.ray.get(self.weights)
+        try:
+            version, weights = self.ray.get(self.weights)
+        except self.ray.exceptions.RayActorError:
+            return  # the learner died: _learner_done restarts it; evaluate next time
         future = self.evaluator.evaluate.remote(weights, self.cfg.eval_episodes)
         self.eval_future = (future, version, weights, self.env_steps, self.updates_done)
 
@@ -403,8 +419,9 @@ class Driver:
         self.eval_future = None
         try:
             result = self.ray.get(future)
-        except self.ray.exceptions.RayActorError:
-            print("the evaluator failed; it restarts and evaluates at the next --eval-every", flush=True)
+        except self.ray.exceptions.RayError as exc:  # a failed evaluation must not end the training
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"an evaluation failed ({why}); the next one starts at the next --eval-every", flush=True)
             return
         self.log.evaluation(env_steps, learner_steps, version, result)
         if result["mean"] > self.best_eval:
@@ -415,7 +432,7 @@ class Driver:
     def final_evaluation(self) -> None:
         """At the end of a finished run: evaluate the final network (unless that was just done).
         Ctrl-C skips it."""
-        if not self.cfg.eval_every:
+        if not self.cfg.eval_every or _stop_requested:
             return
         for final in (False, True):
             if final and self.log.last_eval_version != self.ray.get(self.weights)[0]:
@@ -452,7 +469,7 @@ class Driver:
         except CheckpointError:
             learner_state = None
         if learner_state is not None:
-            self.ray.get(self.learner.set_state.remote(learner_state))
+            self.restore_learner(learner_state)
             self.updates_done = self.updates_issued = int(learner_state["steps"])
         else:
             self.updates_done = self.updates_issued = 0
@@ -461,6 +478,11 @@ class Driver:
         print(f"the learner failed ({self.learner_failures} time(s)); restarted from "
               f"{'the last checkpoint' if learner_state else 'scratch (no checkpoint yet)'} at learner step "
               f"{self.updates_done:,}", flush=True)
+
+    def restore_learner(self, learner_state: dict) -> None:
+        if not self.ray.get(self.learner.set_state.remote(learner_state)):
+            print("the checkpoint's Adam state is from an older version of this program: the networks and "
+                  "counters are restored, Adam's moments start afresh", flush=True)
 
     def driver_state(self) -> dict:
         return {
@@ -472,7 +494,6 @@ class Driver:
             "games": self.log.games,
             "generation": self.generation,
             "next_eval": self.next_eval,
-            "best_eval": self.best_eval if math.isfinite(self.best_eval) else None,
             "next_snapshot": self.next_snapshot,
             "n_actions": self.n_actions,
             "game": self.cfg.game,
@@ -674,15 +695,24 @@ def _resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[d
     merged = {"dueling": False, "n_step": 1, "prioritized": False}
     merged.update({k: v for k, v in saved.items() if k in fields})
     given = given_flags(Config, argv)
+    if "preset" in given:
+        raise LaunchError(f"--resume {run_dir}: a resumed run keeps its settings; --preset is for new runs "
+                          f"(give single flags to change single settings)")
     if "dueling" in given and cfg.dueling != merged["dueling"]:
         raise LaunchError(f"--resume {run_dir}: its checkpoint holds a {'dueling' if merged['dueling'] else 'plain'} "
                           f"network; leave out --dueling (a new network needs a new run)")
+    layout = ("replay_capacity", "num_actors", "envs_per_actor", "n_step", "prioritized")
+    changed = [k for k in layout if k in given and getattr(cfg, k) != merged.get(k)]
+    if merged.get("save_replay") and (run_dir / REPLAY_FILE).exists() and changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise LaunchError(f"--resume {run_dir}: its saved replay ({REPLAY_FILE}) was built for other {flags}; "
+                          f"leave them out, or move {REPLAY_FILE} away to refill the replay")
     merged.update({k: getattr(cfg, k) for k in given})
     merged.update(run_dir=str(run_dir), resume=str(run_dir))
     try:
         new = Config(**merged)
         check_ranges(new)
-        new.validate()
+        new.validate(merged=True)
         state = load_checkpoint(run_dir)
     except (ValueError, TypeError) as exc:
         raise LaunchError(f"--resume {run_dir}: {exc}") from None
@@ -734,7 +764,6 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     owns_ray = _init_ray(cfg)
     _stop_requested.clear()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -748,10 +777,13 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
             flush=True,
         )
         driver = Driver(cfg, run_dir, resume)
+        # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
+        write_atomically(run_dir / "config.json",
+                         lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))
         try:
             driver.run()
-            stopped = None
             driver.final_evaluation()
+            stopped = _stop_requested[0] if _stop_requested else None
         except Stop as why:
             stopped = str(why)
         for s in previous:  # a second Ctrl-C during the final export must not cut it

@@ -43,9 +43,10 @@ class Learner:
         self.online = build_q_network(n_actions, dueling=cfg.dueling)
         self.target = build_q_network(n_actions, dueling=cfg.dueling)
         self.target.set_weights(self.online.get_weights())
-        self.optimizer = tf.keras.optimizers.Adam(
-            learning_rate=cfg.learning_rate, epsilon=cfg.adam_epsilon
-        )
+        # The legacy Adam applies each variable's update as one fused ResourceApplyAdam op: +16%
+        # updates/s at batch 32 over the new tf_keras Adam's element-wise ops (docs/benchmarks.md).
+        self.optimizer = tf.keras.optimizers.legacy.Adam(learning_rate=cfg.learning_rate, epsilon=cfg.adam_epsilon)
+        self.optimizer._create_all_weights(self.online.trainable_variables)  # slots now: state is saveable at once
         self.steps = 0
         self.target_syncs = 0
         self.weights_version = 0
@@ -193,24 +194,27 @@ class Learner:
         return self.weights_version, self.online.get_weights()
 
     def get_state(self) -> dict:
-        """Everything needed to continue exactly: both networks, Adam's moments, counters."""
-        self.optimizer.build(self.online.trainable_variables)
+        """Everything needed to continue exactly: both networks, Adam's step and moments, counters."""
         return {
             "online": self.online.get_weights(),
             "target": self.target.get_weights(),
-            "optimizer": [v.numpy() for v in self.optimizer.variables],
+            "optimizer": self.optimizer.get_weights(),
             "steps": self.steps,
             "target_syncs": self.target_syncs,
             "weights_version": self.weights_version,
         }
 
-    def set_state(self, state: dict) -> None:
-        """Restore :meth:`get_state`'s output (a resumed run)."""
+    def set_state(self, state: dict) -> bool:
+        """Restore :meth:`get_state`'s output (a resumed run). False when Adam's state could not be
+        restored (a checkpoint from before the fused Adam) and starts afresh."""
         self.online.set_weights(state["online"])
         self.target.set_weights(state["target"])
-        self.optimizer.build(self.online.trainable_variables)
-        for var, value in zip(self.optimizer.variables, state["optimizer"], strict=True):
-            var.assign(value)
+        try:
+            self.optimizer.set_weights(state["optimizer"])
+            restored = True
+        except ValueError:  # a checkpoint from before the fused Adam: its moments are laid out otherwise
+            restored = False
         self.steps = int(state["steps"])
         self.target_syncs = int(state["target_syncs"])
         self.weights_version = int(state["weights_version"])
+        return restored

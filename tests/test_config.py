@@ -71,3 +71,28 @@ def test_resuming_a_run_from_before_presets_keeps_its_plain_one_step_setup(tmp_p
     assert (cfg.dueling, cfg.n_step, cfg.prioritized) == (False, 1, False)
     with pytest.raises(launch.LaunchError, match="dueling"):
         launch._resume_config(Config(resume=str(run), dueling=True), ["--resume", str(run), "--dueling", "true"])
+
+
+def test_resume_refuses_a_preset_a_changed_saved_replay_and_a_replay_too_small_for_n_step(tmp_path: Path) -> None:
+    from learner.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = apply_preset(Config(total_env_steps=3000, learning_starts=500, replay_capacity=5000, save_replay=True,
+                                run_dir=str(run)), given={"learning_starts", "replay_capacity"})
+    (run / "config.json").write_text(json.dumps(saved.__dict__))
+    save_checkpoint(run, {"online": [], "target": [], "optimizer": [], "steps": 0}, {"env_steps": 100})
+
+    def resume(*flags: str) -> Config:
+        argv = ["--resume", str(run), *flags]
+        return launch._resume_config(launch.parse(Config, argv, ""), argv)[0]
+
+    assert resume("--n-step", "1").n_step == 1  # no saved replay yet: any n-step is fine
+    with pytest.raises(launch.LaunchError, match="--preset is for new runs"):
+        resume("--preset", "classic")
+    with pytest.raises(launch.LaunchError, match="at least 15 transitions per emulator stream"):
+        resume("--n-step", "10", "--num-actors", "50", "--envs-per-actor", "8")  # 5000 / 400 streams = 12.5
+    (run / "replay.npz").write_bytes(b"saved replay")
+    with pytest.raises(launch.LaunchError, match="replay.npz.*--n-step"):
+        resume("--n-step", "1")
+    assert resume("--total-env-steps", "9000").total_env_steps == 9000  # other flags still change

@@ -270,3 +270,35 @@ def test_bfloat16_learner_trains_and_keeps_float32_weights() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), **kerasrl_compat.PROCESS_ENV)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "BF16_OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_an_episode_cut_by_the_step_limit_ends_a_segment_and_bootstraps_inside_it(ray_session) -> None:
+    """Episodes cut by the step limit: the explorer pushes the whole cut episode at once, no
+    n-step horizon reaches past its final observation, and the next chunk starts a new segment."""
+    ray = ray_session
+    _by_value()
+    cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=3, n_step=3)
+    replay = ray.remote(num_cpus=0)(RecordingReplay).remote(2000, cfg.num_streams, seed=0, n_step=3,
+                                                            priority_alpha=0.6)
+    explorer = Explorer(cfg, 0, replay)  # in this process, so its emulators can get a short step limit
+    for j, stream in enumerate(explorer.streams):
+        stream.env = make_env(cfg.game, training=True, seed=100 + j, max_episode_steps=12)
+        explorer._begin_episode(j, stream.env.reset()[0])
+    try:
+        explorer.run(None, 120)
+        explorer.flush()
+        chunks = ray.get(replay.recorded.remote())
+        assert ray.get(replay.sample.remote(64, 4))  # what was pushed is sampleable
+    finally:
+        ray.kill(replay)
+    for stream in range(cfg.num_streams):
+        mine = [c for c in chunks if c["stream"] == stream]
+        starts = [i for i, c in enumerate(mine) if c["new_segment"]]
+        assert starts[0] == 0 and len(starts) >= 3, "60 steps with a limit of 12 cut several episodes"
+        for a, b in zip(starts, starts[1:], strict=False):  # every segment but the last ended with a cut
+            horizons = np.concatenate([c["horizons"] for c in mine[a:b]]).astype(int)
+            rewards = np.concatenate([c["rewards"] for c in mine[a:b]])
+            final = len(horizons) - 1  # the final observation of the cut episode
+            assert rewards[final] == 0
+            assert (np.arange(final) + horizons[:final] <= final).all(), "a horizon crosses the cut"
+            assert horizons[final - 1] == 1 and horizons[: final - 2].max() == 3

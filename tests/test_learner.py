@@ -40,6 +40,7 @@ def test_update_uses_n_step_targets_and_importance_weights(double: bool) -> None
     q0 = learner.online.predict(s0, verbose=0)
     q1_online = learner.online.predict(s1, verbose=0)
     q1_target = learner.target.predict(s1, verbose=0)
+    assert (q1_online.argmax(1) != q1_target.argmax(1)).any(), "the test needs rows where double DQN differs"
     best = q1_online.argmax(1) if double else q1_target.argmax(1)
     y = batch.reward + 0.9 ** batch.horizon * (1 - batch.terminal) * q1_target[np.arange(B), best]
     td_ref = y - q0[np.arange(B), batch.action]
@@ -77,3 +78,45 @@ def test_prioritized_learner_sends_new_priorities_to_the_replay(ray_session) -> 
     changed = after != before
     assert 16 <= changed.sum() <= 8 * 16
     assert (before[changed] > 999).all() and (after[changed] < 100).all()
+
+
+def test_a_restored_learner_continues_exactly() -> None:
+    """get_state/set_state carry both networks and Adam's step and moments: the next update of a
+    restored learner equals the original's, weight for weight."""
+    from learner.learner import Learner
+
+    cfg = Config(batch_size=B, target_update=3)
+    rng = np.random.default_rng(3)
+    batches = [_batch(rng, 3) for _ in range(4)]
+    first = Learner(cfg, n_actions=4)
+    for b in batches[:2]:
+        first.update(b)
+    second = Learner(Config(batch_size=B, target_update=3, seed=99), n_actions=4)
+    second.set_state(first.get_state())
+    assert second.steps == 2
+    for b in batches[2:]:
+        first.update(b)
+        second.update(b)
+    for a, b in zip(first.get_state()["optimizer"], second.get_state()["optimizer"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first.online.get_weights() + first.target.get_weights(),
+                    second.online.get_weights() + second.target.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_with_an_older_adam_layout_restores_the_networks_and_says_so() -> None:
+    from learner.learner import Learner
+
+    learner = Learner(Config(batch_size=B), n_actions=4)
+    state = learner.get_state()
+    # the unfused tf_keras Adam saved [iterations, m0, v0, m1, v1, ...]: same arrays, another order
+    moments = state["optimizer"][1:]
+    half = len(moments) // 2
+    state["optimizer"] = [state["optimizer"][0]] + [x for pair in zip(moments[:half], moments[half:],
+                                                                        strict=True) for x in pair]
+    state["online"] = [w + 1 for w in state["online"]]
+    other = Learner(Config(batch_size=B), n_actions=4)
+    assert other.set_state(state) is False
+    for a, b in zip(other.online.get_weights(), state["online"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert other.set_state(learner.get_state()) is True
