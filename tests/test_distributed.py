@@ -193,7 +193,8 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
 
 def _run_and_kill(run_dir: Path, argv: list[str], title: str, counter: str) -> list[int]:
     """Run launch.main in this thread; from another, SIGKILL the first of this session's ``title``
-    processes once metrics.jsonl shows ``counter`` > 0. Returns the PIDs killed."""
+    processes once metrics.jsonl shows ``counter`` > 0 (an eval_* field: once it is set). Returns the PIDs
+    killed."""
     import signal
     import threading
     import time
@@ -206,7 +207,8 @@ def _run_and_kill(run_dir: Path, argv: list[str], title: str, counter: str) -> l
         deadline = time.monotonic() + 180
         metrics = run_dir / "metrics.jsonl"
         while time.monotonic() < deadline and not killed:
-            if metrics.exists() and any(json.loads(x)[counter] > 0 for x in metrics.read_text().splitlines()):
+            if metrics.exists() and any((json.loads(x)[counter] or 0) > 0 or counter.startswith("eval") and
+                                        json.loads(x)[counter] is not None for x in metrics.read_text().splitlines()):
                 for pid in session_actor_pids(title)[:1]:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -302,3 +304,18 @@ def test_an_episode_cut_by_the_step_limit_ends_a_segment_and_bootstraps_inside_i
             assert rewards[final] == 0
             assert (np.arange(final) + horizons[:final] <= final).all(), "a horizon crosses the cut"
             assert horizons[final - 1] == 1 and horizons[: final - 2].max() == 3
+
+
+def test_killed_evaluator_restarts_and_evaluations_go_on(ray_session, tmp_path: Path) -> None:
+    """SIGKILL the evaluator once a first evaluation is logged: Ray restarts it, later evaluations
+    and the final one still land in evaluations.csv, and the run finishes."""
+    run_dir = tmp_path / "run"
+    argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "4000", "--learning-starts", "400",
+            "--replay-capacity", "5000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.3",
+            "--eval-every", "400", "--eval-episodes", "2", "--eval-max-steps", "300"]
+    assert _run_and_kill(run_dir, argv, "ray::Evaluator", "eval_mean_score"), "the evaluator was never killed"
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["env_steps"] == 4000
+    rows = [r.split(",") for r in (run_dir / "evaluations.csv").read_text().splitlines()[1:]]
+    assert rows[-1][0] == "4000", "the final network was evaluated after the restart"
+    assert len(rows) >= 2 and (run_dir / "best-policy.h5").stat().st_size > 6_000_000
