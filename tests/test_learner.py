@@ -31,14 +31,17 @@ def test_update_uses_n_step_targets_and_importance_weights(double: bool) -> None
     cfg = Config(batch_size=B, double_dqn=double, gamma=0.9, huber_delta=1.0, dueling=True)
     learner = Learner(cfg, n_actions=4)
     rng = np.random.default_rng(1)
-    # make the target network differ from the online one, so double DQN is visible
-    learner.target.set_weights([w + rng.normal(0, 0.01, w.shape).astype(np.float32)
-                                for w in learner.online.get_weights()])
     batch = _batch(rng, 3)
     s0 = batch.frames[:, :4].astype(np.float32) / 255
     s1 = np.stack([f[m:m + 4] for f, m in zip(batch.frames, batch.horizon, strict=True)]).astype(np.float32) / 255
     q0 = learner.online.predict(s0, verbose=0)
     q1_online = learner.online.predict(s1, verbose=0)
+    # make the target network differ from the online one so that double DQN is visible: noise,
+    # and an advantage bias (last bias, column 1 + a) of +1 on an action the online network
+    # does not pick for row 0 (random initial weights alone do not guarantee a difference)
+    weights = [w + rng.normal(0, 0.01, w.shape).astype(np.float32) for w in learner.online.get_weights()]
+    weights[-1][1 + (q1_online[0].argmax() + 1) % 4] += 1.0
+    learner.target.set_weights(weights)
     q1_target = learner.target.predict(s1, verbose=0)
     assert (q1_online.argmax(1) != q1_target.argmax(1)).any(), "the test needs rows where double DQN differs"
     best = q1_online.argmax(1) if double else q1_target.argmax(1)
