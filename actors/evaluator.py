@@ -42,8 +42,8 @@ class Evaluator:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        tf = kerasrl_compat.load_tensorflow()
-        from learner.network import build_q_network
+        kerasrl_compat.load_tensorflow()
+        from learner.network import build_q_network, q_function
 
         self.game = game
         self.n_actions = n_actions
@@ -55,11 +55,7 @@ class Evaluator:
         self.envs: list[AtariEnv] = []
         self._add_env()  # fails early for an unknown game or a wrong action count
         self.model = build_q_network(n_actions, dueling=dueling)
-        # Same input as the explorer's: uint8 frames, scaled inside the traced function.
-        self._q = tf.function(
-            lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
-            input_signature=[tf.TensorSpec([None, WINDOW, *FRAME_SHAPE], tf.uint8)],
-        )
+        self._q = q_function(self.model)  # the explorer's acting path, batched over the games
 
     def _add_env(self) -> None:
         env = make_env(self.game, training=False, max_episode_steps=self.max_steps)

@@ -108,8 +108,8 @@ class Explorer:
         # One TF thread per explorer (explorers scale by processes): launch.py sets
         # TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS in this actor's environment, because
         # TensorFlow is already initialised by the time this constructor runs.
-        tf = kerasrl_compat.load_tensorflow()
-        from learner.network import build_q_network
+        kerasrl_compat.load_tensorflow()
+        from learner.network import build_q_network, q_function
 
         self.cfg = cfg
         self.index = index
@@ -122,10 +122,7 @@ class Explorer:
         self.n_actions = int(self.streams[0].env.action_space.n)
         self.policies = [EpsGreedyQPolicy(eps=stream_epsilon(cfg, self.first_stream + j)) for j in range(k)]
         self.model = build_q_network(self.n_actions, dueling=cfg.dueling)
-        self._q = tf.function(
-            lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
-            input_signature=[tf.TensorSpec([None, WINDOW, *FRAME_SHAPE], tf.uint8)],
-        )
+        self._q = q_function(self.model)
         self.weights_version = -1
         self.state = np.zeros((k, WINDOW, *FRAME_SHAPE), np.uint8)
         self.frame: list[np.ndarray] = [np.zeros(FRAME_SHAPE, np.uint8)] * k  # newest frame per stream

@@ -62,3 +62,13 @@ def build_q_network(n_actions: int, dueling: bool = False):  # -> tf_keras.Model
     value_and_advantage = Dense(n_actions + 1, activation="linear")(base.layers[-2].output)
     q = Lambda(_dueling_avg, output_shape=(n_actions,))(value_and_advantage)
     return Model(inputs=base.input, outputs=q)
+
+
+def q_function(model):  # -> tf.function: uint8 [B, WINDOW, 84, 84] -> float Q [B, n_actions]
+    """The acting path (explorers, the evaluator): one traced call from uint8 stacks to Q-values,
+    scaled to [0, 1] inside, as keras-rl's ``AtariProcessor.process_state_batch`` scales them."""
+    tf = kerasrl_compat.load_tensorflow()
+    return tf.function(
+        lambda x: model(tf.cast(x, tf.float32) / 255.0, training=False),
+        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)],
+    )
