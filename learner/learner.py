@@ -173,9 +173,10 @@ class Learner:
                 self._priorities.append((batch.indices, batch.keys, td))
                 if len(self._priorities) >= BATCHES_PER_REQUEST:
                     self._send_priorities()
-        if not replay_lost:
+        if replay_lost:
+            self._priorities = []  # keys of the lost replay's entries mean nothing to its successor
+        else:
             self._send_priorities()
-        self._priorities = []
         self.weights_version += 1
         return {
             "asked": n_updates,

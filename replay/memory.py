@@ -551,11 +551,6 @@ class ReplayMemory:
         stream = np.searchsorted(self._ends, u, side="right")
         return stream, u - (self._ends[stream] - self._sizes[stream])
 
-    def _split(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global positions of live entries -> (stream, offset)."""
-        stream, slot = np.divmod(positions, self.capacity_per_stream)
-        return stream, (slot - self._lo[stream]) % self.capacity_per_stream
-
     def _draw_prioritized(self, n: int, stratified: bool) -> tuple[np.ndarray, np.ndarray]:
         """Proportional to the leaves; ``stratified``: one draw in each of ``n`` equal slices of the
         total (lower variance, Schaul et al. 2016), else ``n`` independent draws (for redraws)."""
@@ -566,7 +561,8 @@ class ReplayMemory:
             u *= total / n
         else:
             u *= total
-        return self._split(self._tree.find(u))
+        stream, offset, _ = self._locate(self._tree.find(u))
+        return stream, offset
 
     def _weights(self, entry: np.ndarray, beta: float) -> np.ndarray:
         """Importance-sampling weights ``(N * P(i)) ** -beta`` divided by the batch's largest.
