@@ -777,6 +777,7 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
             flush=True,
         )
         driver = Driver(cfg, run_dir, resume)
+        print(f"learner arithmetic: {ray.get(driver.learner.arithmetic.remote())}", flush=True)
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
         write_atomically(run_dir / "config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))

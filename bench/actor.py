@@ -44,19 +44,19 @@ class _Discard:
     add_chunks = _Method()
 
 
-def make_explorer(k: int, seed: int, sync_every: int):
+def make_explorer(k: int, seed: int, sync_every: int, precision: str = "auto"):
     import actors.explorer as explorer_mod
     from config import Config
 
     explorer_mod._wait_quietly = lambda refs: None  # the stub returns no object refs to wait for
     cfg = Config(num_actors=1, envs_per_actor=k, weight_sync_every=sync_every, seed=seed,
-                 replay_capacity=max(100, 10 * k))
+                 replay_capacity=max(100, 10 * k), actor_precision=precision)
     return explorer_mod.Explorer(cfg, 0, _Discard())
 
 
-def explorer_rate(k: int, seed: int, sync_every: int):
+def explorer_rate(k: int, seed: int, sync_every: int, precision: str = "auto"):
     """A callable(seconds) -> (agent steps per wall s, per CPU s) of an explorer with ``k`` emulators."""
-    ex = make_explorer(k, seed, sync_every)
+    ex = make_explorer(k, seed, sync_every, precision)
     weights = ex.model.get_weights()
     version = [0]
 
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="interleaved rounds (raw, K=1, K=4, ...); medians are reported (default: %(default)s)")
     p.add_argument("--sync-every", type=int, default=400,
                    help="agent steps per Explorer.run call, launch.py's --weight-sync-every (default: %(default)s)")
+    p.add_argument("--precision", default="auto",
+                   help="comma-separated --actor-precision settings (auto, float32, bfloat16); the first is "
+                        "judged, auto being the product default (default: %(default)s)")
     p.add_argument("--core", type=int, default=0, help="CPU core to pin to (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
@@ -98,9 +101,14 @@ def main(argv: list[str] | None = None) -> dict:
           f"{tf.config.threading.get_intra_op_parallelism_threads()}, inter-op "
           f"{tf.config.threading.get_inter_op_parallelism_threads()}; in-process Explorer, replay push stubbed")
     ks = [int(k) for k in args.envs.split(",")]
+    precisions = args.precision.split(",")
+    from learner.network import resolve_precision
+
+    print("explorer inference: " + ", ".join(f"{pr} = {resolve_precision(pr)}" for pr in precisions))
+    settings = {f"K={k}" + (f" {pr}" if pr != precisions[0] else ""): (k, pr) for pr in precisions for k in ks}
     measures = {"ale": common.ale_direct(args.seed), "gym": common.gym_raw(args.seed)}
-    for k in ks:
-        measures[f"K={k}"] = explorer_rate(k, args.seed, args.sync_every)[0]
+    for name, (k, pr) in settings.items():
+        measures[name] = explorer_rate(k, args.seed, args.sync_every, pr)[0]
     res = common.interleave(measures, args.rounds, args.seconds, warmup=1.0, log=print)
     med = {name: {b: res[name][b]["median"] for b in ("cpu", "wall")} for name in res}
     ale, gym = med["ale"]["cpu"], med["gym"]["cpu"]
@@ -108,18 +116,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(common.rate_line("raw ALE act() x4 (one core)", res["ale"]))
     print(common.rate_line("raw gymnasium ALE/Breakout-v5 rgb", res["gym"]))
     rows = {}
-    for k in ks:
-        r, mk = res[f"K={k}"], med[f"K={k}"]
-        rows[k] = {"steps_per_s": r, "ratio_ale": mk["cpu"] / ale, "ratio_gym": mk["cpu"] / gym,
-                   "wall_ratio_ale": mk["wall"] / med["ale"]["wall"], "wall_ratio_gym": mk["wall"] / med["gym"]["wall"]}
-        print(common.rate_line(f"explorer, {k} emulator(s), one core", r,
-                               extra=f"= {rows[k]['ratio_ale']:.2f} x ALE [{rows[k]['wall_ratio_ale']:.2f}], "
-                                     f"{rows[k]['ratio_gym']:.2f} x gym [{rows[k]['wall_ratio_gym']:.2f}]"))
-    best = max(ks, key=lambda k: rows[k]["ratio_ale"])
+    for name, (k, pr) in settings.items():
+        r, mk = res[name], med[name]
+        rows[name] = {"envs": k, "precision": pr, "steps_per_s": r, "ratio_ale": mk["cpu"] / ale,
+                      "ratio_gym": mk["cpu"] / gym, "wall_ratio_ale": mk["wall"] / med["ale"]["wall"],
+                      "wall_ratio_gym": mk["wall"] / med["gym"]["wall"]}
+        print(common.rate_line(f"explorer, {k} emulator(s), {pr}, one core", r,
+                               extra=f"= {rows[name]['ratio_ale']:.2f} x ALE [{rows[name]['wall_ratio_ale']:.2f}], "
+                                     f"{rows[name]['ratio_gym']:.2f} x gym [{rows[name]['wall_ratio_gym']:.2f}]"))
+    best = max((f"K={k}" for k in ks), key=lambda name: rows[name]["ratio_ale"])  # judged: the default precision
     ratio = rows[best]["ratio_ale"]
     ok = ratio >= TARGET
-    print(f"target: best setting (K={best}) >= {TARGET:.0%} of raw ALE per core: {ratio:.0%}  {common.verdict(ok)}"
-          f"  (wall-clock: {rows[best]['wall_ratio_ale']:.0%}; vs gym: {rows[best]['ratio_gym']:.0%})")
+    print(f"target: best setting ({best}, {precisions[0]}) >= {TARGET:.0%} of raw ALE per core: {ratio:.0%}  "
+          f"{common.verdict(ok)}  (wall-clock: {rows[best]['wall_ratio_ale']:.0%}; "
+          f"vs gym: {rows[best]['ratio_gym']:.0%})")
     result = {"machine": m, "args": vars(args), "cores": cores, "raw": {"ale": res["ale"], "gym": res["gym"]},
               "explorer": rows, "best_k": best, "best_ratio_ale": ratio, "target": TARGET, "pass": ok,
               "method": "in-process Explorer, replay push stubbed, one core, one TF thread",

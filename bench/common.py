@@ -272,3 +272,59 @@ def write_json(path: str | None, data: dict) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(data, indent=2) + "\n")
     print(f"results written to {p}")
+
+
+ROLES = (("ray::Learner", "learner"), ("ray::ReplayServer", "replay"), ("ray::Explorer", "explorers"),
+         ("ray::Evaluator", "evaluator"), ("launch.py", "driver"), ("raylet", "Ray (raylet, GCS, ...)"),
+         ("gcs_server", "Ray (raylet, GCS, ...)"))
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _processes_with_env(key: str, value: str) -> dict[int, str]:
+    """pid -> command line of this user's processes whose environment has ``key=value``."""
+    found = {}
+    needle = f"{key}={value}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def cpu_by_role(key: str, value: str, seconds: float) -> dict[str, float]:
+    """Cores in use per role (learner, replay, explorers, driver, Ray's own processes, other) over
+    ``seconds``, from /proc, for the processes of one run: those whose environment has ``key=value``
+    (every process a run starts inherits it). Shows which role holds the CPU in an end-to-end run."""
+    procs = _processes_with_env(key, value)
+
+    def sample() -> dict[int, float]:
+        out = {}
+        for pid in procs:
+            try:
+                out[pid] = _cpu_seconds(pid)
+            except OSError:
+                pass
+        return out
+
+    t0, before = time.monotonic(), sample()
+    time.sleep(seconds)
+    dt, after = time.monotonic() - t0, sample()
+    shares: dict[str, float] = {}
+    for pid, cpu in after.items():
+        if pid not in before:
+            continue
+        role = next((name for tag, name in ROLES if tag in procs[pid]), "other")
+        shares[role] = shares.get(role, 0.0) + (cpu - before[pid]) / dt
+    return {role: round(v, 3) for role, v in sorted(shares.items(), key=lambda kv: -kv[1])}

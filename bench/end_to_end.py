@@ -11,6 +11,8 @@ Figures after warm-up (both counted from their own logs):
              steps / 4 (keras-rl trains on exactly every 4th step after warm-up)
   launch.py  env and learner steps from RUN_DIR/metrics.jsonl, from the first record with
              learner steps (plus --skip-records) to the last record before the stop
+Where the CPU goes in each launch.py run: cores in use per role (learner, replay, explorers, driver,
+Ray's own processes) over the middle 35% of the run, from /proc.
 
 Target: the best launch.py configuration >= 2.5x train.py's env steps/s after warm-up.
 The distributed run is tried with each --configs entry (num-actors x envs-per-actor).
@@ -125,8 +127,17 @@ def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_hel
     env = common.child_env()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # Ray's sockets and logs, ours alone
     env["RAY_TMPDIR"] = str(ray_tmp)
+    shares: dict = {}
+
+    def sample_cpu() -> None:  # cores per role over the middle of the run (learning by then)
+        time.sleep(args.seconds * 0.5)
+        shares.update(common.cpu_by_role("RAY_TMPDIR", str(ray_tmp), args.seconds * 0.35))
+
+    sampler = threading.Thread(target=sample_cpu, daemon=True)
+    sampler.start()
     try:
         lines = run_for(argv, args.seconds, env, work / f"launch-{safe}.log")
+        sampler.join(timeout=5)
     finally:
         if args.keep:
             print(f"    Ray's session files (worker logs) kept in {ray_tmp}")
@@ -152,7 +163,7 @@ def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_hel
             # explorers have used up the driver's run-ahead slack
             "learner_limited_env_steps_per_s": upd_rate * batch / SAMPLES_PER_INSERT,
             "env_steps_per_s": env_rate, "updates_per_s": upd_rate,
-            "samples_per_insert_achieved": spi, "window_s": dt,
+            "samples_per_insert_achieved": spi, "window_s": dt, "cores_by_role": shares,
             "env_steps_total": final["env_steps"] if final else 0,
             "env_steps_per_s_whole_run": (final["env_steps"] if final else 0) / args.seconds,
             "records": recs, "argv": argv, "tail": [x for _, x in lines[-3:]]}
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {'launch.py ' + r['config']:<42} "
               f"{r['env_steps_per_s']:8.1f} env steps/s  {r['updates_per_s']:6.1f} upd/s  (whole run "
               f"{r['env_steps_per_s_whole_run']:.1f} env steps/s) {ratio}")
+        if r["cores_by_role"]:
+            print("      cores in use mid-run: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cores_by_role"].items())
+                  + f" (of {m['cores']})")
     judged = [r for r in ok_runs if r["comparable"]]
     if classic and judged:
         best = max(judged, key=lambda r: r["env_steps_per_s"])

@@ -129,17 +129,14 @@ def theoretical_peak(m: dict, practical_per_core: float) -> dict:
 
 # --- ours -------------------------------------------------------------------------------------------
 def our_learner(double: bool, seed: int, precision: str = "float32"):
-    import tensorflow as tf
 
     from config import Config
     from learner.learner import Learner
 
-    extra = {"learner_precision": precision} if precision != "float32" else {}
     # keras-rl's problem: plain network, 1-step targets, uniform replay (the apex defaults differ)
-    cfg = Config(num_actors=1, double_dqn=double, seed=seed, dueling=False, n_step=1, prioritized=False, **extra)
-    learner = Learner(cfg, N_ACTIONS, replay=None)
-    tf.keras.mixed_precision.set_global_policy("float32")  # the Learner sets it process-wide; undo for the next
-    return learner
+    cfg = Config(num_actors=1, double_dqn=double, seed=seed, dueling=False, n_step=1, prioritized=False,
+                 learner_precision=precision)
+    return Learner(cfg, N_ACTIONS, replay=None)
 
 
 def update_rate(learner, batches: list):
@@ -344,10 +341,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--batches", default="32,512", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--double", default="on,off",
                    help="double-DQN settings to measure: on, off or both (default: %(default)s)")
-    p.add_argument("--precision", default="float32,bfloat16",
-                   help="our learner's --learner-precision settings to measure, the first is the one judged "
-                        "(keras-rl is float32 only; bfloat16 needs the product's learner_precision option) "
-                        "(default: %(default)s)")
+    p.add_argument("--precision", default="auto,float32",
+                   help="our learner's --learner-precision settings to measure (auto, float32, bfloat16), the "
+                        "first is the one judged: auto is the product default, bfloat16 where the CPU has "
+                        "AVX-512 BF16 or AMX (keras-rl is float32 only) (default: %(default)s)")
     p.add_argument("--variants", default="train-step,with-sampling",
                    help="keras-rl variants: train-step (its backward() on our batches), with-sampling (its "
                         "backward() on a filled SequentialMemory) (default: %(default)s)")
@@ -390,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     threads = tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)"
     print(f"TensorFlow intra-op threads: {threads}")
     learners = {(d, pr): our_learner(d, args.seed, pr) for pr in args.precisions for d in args.doubles}
+    for pr in args.precisions:
+        print(f"ours, --learner-precision {pr}: {learners[(args.doubles[0], pr)].arithmetic()}")
     batches = {bs: make_batches(bs, args.seed) for bs in args.batch_sizes}
     ours = {(bs, d, pr): update_rate(learners[(d, pr)], batches[bs])
             for bs in args.batch_sizes for d in args.doubles for pr in args.precisions}

@@ -31,17 +31,17 @@ class Learner:
 
         # --learner-threads reaches TensorFlow as TF_NUM_INTRAOP_THREADS in this actor's
         # environment (launch.py): TensorFlow is initialised before this constructor runs.
-        from learner.network import build_q_network
-
-        if cfg.learner_precision == "bfloat16":
-            # bf16 math with float32 weights (exports unchanged); AVX-512 BF16 / GPUs run it faster
-            tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        from learner.network import build_q_network, native_bfloat16, resolve_precision
 
         tf.random.set_seed(cfg.seed)
         self.cfg = cfg
+        # resolved here, on the learner's own node: "auto" means bf16 where its hardware has it
+        self.precision = resolve_precision(cfg.learner_precision)
+        self.precision_reason = (f"auto: {native_bfloat16() or 'no native bfloat16 here'}"
+                                 if cfg.learner_precision == "auto" else "")
         self.replay = resolve_actor(replay)
-        self.online = build_q_network(n_actions, dueling=cfg.dueling)
-        self.target = build_q_network(n_actions, dueling=cfg.dueling)
+        self.online = build_q_network(n_actions, dueling=cfg.dueling, precision=self.precision)
+        self.target = build_q_network(n_actions, dueling=cfg.dueling, precision=self.precision)
         self.target.set_weights(self.online.get_weights())
         # The legacy Adam applies each variable's update as one fused ResourceApplyAdam op: +16%
         # updates/s at batch 32 over the new tf_keras Adam's element-wise ops (docs/benchmarks.md).
@@ -65,9 +65,6 @@ class Learner:
         vector = tf.TensorSpec([None], tf.float32)
         window = tf.range(WINDOW, dtype=tf.int32)
 
-        def q(model: Any, states: Any, training: bool) -> Any:
-            return tf.cast(model(states, training=training), tf.float32)  # bf16 networks give bf16 Q
-
         def scaled(x: Any) -> Any:
             return tf.cast(x, tf.float32) / 255.0
 
@@ -78,16 +75,16 @@ class Learner:
         def train_step(frames, action, reward, terminal, horizon, weight):
             s0 = scaled(frames[:, :WINDOW])
             s1 = scaled(tf.gather(frames, horizon[:, None] + window, batch_dims=1))
-            q_next_target = q(target, s1, training=False)
+            q_next_target = target(s1, training=False)
             if cfg.double_dqn:
-                best = tf.argmax(q(online, s1, training=False), axis=1, output_type=tf.int32)
+                best = tf.argmax(online(s1, training=False), axis=1, output_type=tf.int32)
             else:
                 best = tf.argmax(q_next_target, axis=1, output_type=tf.int32)
             q_next = tf.gather(q_next_target, best, batch_dims=1)
             discount = tf.pow(tf.constant(cfg.gamma, tf.float32), tf.cast(horizon, tf.float32))
             y = tf.stop_gradient(reward + discount * (1.0 - terminal) * q_next)  # n-step target
             with tf.GradientTape() as tape:
-                q_taken = tf.gather(q(online, s0, training=True), action, batch_dims=1)
+                q_taken = tf.gather(online(s0, training=True), action, batch_dims=1)
                 td = y - q_taken
                 # importance-sampling weights undo prioritized sampling's bias (1 for uniform)
                 loss = tf.reduce_mean(weight * huber(y[:, None], q_taken[:, None]))
@@ -189,6 +186,10 @@ class Learner:
             "seconds": time.perf_counter() - t0,
             "wait_seconds": waited,
         }
+
+    def arithmetic(self) -> str:
+        """What the learner computes in and why, for the driver's start-up line."""
+        return f"{self.precision} ({self.precision_reason})" if self.precision_reason else self.precision
 
     def get_weights(self) -> tuple[int, list[np.ndarray]]:
         """``(version, arrays)``: what explorers load and the driver exports."""

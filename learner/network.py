@@ -12,10 +12,40 @@ dueling_type="avg")`` makes out of that example, built the same way (see
 
 from __future__ import annotations
 
+import functools
+
 import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW
+from config import PRECISIONS
 
 INPUT_SHAPE = (WINDOW, *FRAME_SHAPE)
+
+
+@functools.cache
+def native_bfloat16() -> str:
+    """Why bf16 pays off here ('' when it does not): bf16 math is only faster than float32 on
+    hardware that multiplies bf16 natively; elsewhere TensorFlow emulates it, slower than float32."""
+    tf = kerasrl_compat.load_tensorflow()
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+        if tuple(capability) >= (8, 0):  # Ampere and newer
+            return f"GPU compute capability {capability[0]}.{capability[1]}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    return f"CPU {found[0]}" if found else ""
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bfloat16`` where the hardware runs it natively, else ``float32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
 
 
 def _dueling_avg(y):  # y: [batch, n_actions + 1] -> Q: [batch, n_actions]
@@ -26,8 +56,14 @@ def _dueling_avg(y):  # y: [batch, n_actions + 1] -> Q: [batch, n_actions]
     return y[:, :1] + advantage - tf.reduce_mean(advantage, axis=1, keepdims=True)
 
 
-def build_q_network(n_actions: int, dueling: bool = False):  # -> tf_keras.Model
+def build_q_network(n_actions: int, dueling: bool = False, precision: str = "float32"):  # -> tf_keras.Model
     """Conv 32x8x8/4, Conv 64x4x4/2, Conv 64x3x3/1, Dense 512, Dense n_actions (linear).
+
+    ``precision="bfloat16"`` runs the convolutions and the hidden Dense in bfloat16 with float32
+    weights (Keras' ``mixed_bfloat16``), so the weights and ``policy.h5`` are the same either way.
+    The Q-head stays float32, as TensorFlow's mixed-precision guide advises for output layers:
+    Q-values near 10 would otherwise be rounded to steps of 0.06. The policy is per layer, never
+    Keras' process-wide one, so networks built later in the process are not affected.
 
     ``dueling=True`` repeats what keras-rl's ``DQNAgent.__init__`` does to that network: it
     takes ``model.layers[-2]`` (the Dense(n_actions), skipping the final Activation), puts a
@@ -40,27 +76,29 @@ def build_q_network(n_actions: int, dueling: bool = False):  # -> tf_keras.Model
     from tensorflow.keras.layers import Activation, Conv2D, Dense, Flatten, Lambda, Permute
     from tensorflow.keras.models import Model, Sequential
 
+    body = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[resolve_precision(precision)]
+    head = "float32"
     base = Sequential(
         [
             # (window, h, w) -> (h, w, window): channels-last convolutions, keras-rl's order.
-            Permute((2, 3, 1), input_shape=INPUT_SHAPE),
-            Conv2D(32, (8, 8), strides=(4, 4)),
-            Activation("relu"),
-            Conv2D(64, (4, 4), strides=(2, 2)),
-            Activation("relu"),
-            Conv2D(64, (3, 3), strides=(1, 1)),
-            Activation("relu"),
-            Flatten(),
-            Dense(512),
-            Activation("relu"),
-            Dense(n_actions),
-            Activation("linear"),
+            Permute((2, 3, 1), input_shape=INPUT_SHAPE, dtype=body),
+            Conv2D(32, (8, 8), strides=(4, 4), dtype=body),
+            Activation("relu", dtype=body),
+            Conv2D(64, (4, 4), strides=(2, 2), dtype=body),
+            Activation("relu", dtype=body),
+            Conv2D(64, (3, 3), strides=(1, 1), dtype=body),
+            Activation("relu", dtype=body),
+            Flatten(dtype=body),
+            Dense(512, dtype=body),
+            Activation("relu", dtype=body),
+            Dense(n_actions, dtype=head),
+            Activation("linear", dtype=head),
         ]
     )
     if not dueling:
         return base
-    value_and_advantage = Dense(n_actions + 1, activation="linear")(base.layers[-2].output)
-    q = Lambda(_dueling_avg, output_shape=(n_actions,))(value_and_advantage)
+    value_and_advantage = Dense(n_actions + 1, activation="linear", dtype=head)(base.layers[-2].output)
+    q = Lambda(_dueling_avg, output_shape=(n_actions,), dtype=head)(value_and_advantage)
     return Model(inputs=base.input, outputs=q)
 
 

@@ -246,34 +246,6 @@ def test_killed_replay_restarts_empty_refills_and_the_run_finishes(ray_session, 
     assert (run_dir / "policy.h5").stat().st_size > 6_000_000
 
 
-def test_bfloat16_learner_trains_and_keeps_float32_weights() -> None:
-    """Mixed precision changes the arithmetic, not the exported weights' format (runs in a subprocess:
-    the Keras precision policy is global to a process)."""
-    script = (
-        "import numpy as np\n"
-        "from config import Config\n"
-        "from learner.learner import Learner\n"
-        "from replay.memory import PackedBatch\n"
-        "learner = Learner(Config(learner_precision='bfloat16', batch_size=8), 4)\n"
-        "rng = np.random.default_rng(0)\n"
-        "before = learner.online.get_weights()\n"
-        "for _ in range(3):\n"
-        "    b = PackedBatch(frames=rng.integers(0, 255, (8, 7, 84, 84), dtype=np.uint8),\n"
-        "                    action=rng.integers(0, 4, 8), reward=rng.random(8).astype(np.float32),\n"
-        "                    terminal=np.zeros(8, bool), indices=np.arange(8), horizon=np.full(8, 3, np.int32),\n"
-        "                    weight=rng.random(8).astype(np.float32), keys=np.arange(8))\n"
-        "    loss, q, td = learner.update(b)\n"
-        "after = learner.online.get_weights()\n"
-        "assert all(w.dtype == np.float32 for w in after)\n"
-        "assert any(not np.array_equal(a, b) for a, b in zip(before, after))\n"
-        "assert np.isfinite(loss) and td.dtype == np.float32\n"
-        "print('BF16_OK')\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **kerasrl_compat.PROCESS_ENV)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0 and "BF16_OK" in out.stdout, out.stderr[-2000:]
-
-
 def test_an_episode_cut_by_the_step_limit_ends_a_segment_and_bootstraps_inside_it(ray_session) -> None:
     """Episodes cut by the step limit: the explorer pushes the whole cut episode at once, no
     n-step horizon reaches past its final observation, and the next chunk starts a new segment."""

@@ -28,7 +28,8 @@ def _batch(rng: np.random.Generator, n: int) -> PackedBatch:
 def test_update_uses_n_step_targets_and_importance_weights(double: bool) -> None:
     from learner.learner import Learner
 
-    cfg = Config(batch_size=B, double_dqn=double, gamma=0.9, huber_delta=1.0, dueling=True)
+    cfg = Config(batch_size=B, double_dqn=double, gamma=0.9, huber_delta=1.0, dueling=True,
+                 learner_precision="float32")
     learner = Learner(cfg, n_actions=4)
     rng = np.random.default_rng(1)
     batch = _batch(rng, 3)
@@ -123,3 +124,24 @@ def test_a_checkpoint_with_an_older_adam_layout_restores_the_networks_and_says_s
     for a, b in zip(other.online.get_weights(), state["online"], strict=True):
         np.testing.assert_array_equal(a, b)
     assert other.set_state(learner.get_state()) is True
+
+
+def test_bfloat16_learner_tracks_the_float32_update() -> None:
+    """From the same state and batch, a bf16 learner's TD errors and weight steps are close to the
+    float32 learner's, and its weights stay float32 (the exports do not change)."""
+    from learner.learner import Learner
+
+    exact = Learner(Config(batch_size=B, learner_precision="float32"), n_actions=4)
+    fast = Learner(Config(batch_size=B, learner_precision="bfloat16"), n_actions=4)
+    assert (exact.arithmetic(), fast.arithmetic()) == ("float32", "bfloat16")
+    fast.set_state(exact.get_state())
+    before = exact.online.get_weights()
+    batch = _batch(np.random.default_rng(4), 3)
+    _, _, td32 = exact.update(batch)
+    _, _, td16 = fast.update(batch)
+    assert td16.dtype == np.float32 and not np.array_equal(td16, td32)
+    np.testing.assert_allclose(td16, td32, atol=0.03 * np.abs(td32).max())
+    step32 = np.concatenate([(a - w).ravel() for a, w in zip(exact.online.get_weights(), before, strict=True)])
+    step16 = np.concatenate([(a - w).ravel() for a, w in zip(fast.online.get_weights(), before, strict=True)])
+    assert all(w.dtype == np.float32 for w in fast.online.get_weights())
+    assert np.corrcoef(step32, step16)[0, 1] > 0.9

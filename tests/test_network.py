@@ -20,7 +20,7 @@ from learner.export import (
     save_policy,
     write_atomically,
 )
-from learner.network import INPUT_SHAPE, build_q_network
+from learner.network import INPUT_SHAPE, build_q_network, native_bfloat16, resolve_precision
 
 ATARI_PARAMS = 1_686_180  # keras-rl's Atari example network with 4 actions
 
@@ -172,3 +172,34 @@ def test_unreadable_policy_files(tmp_path):
     text.write_text("not hdf5\n")
     with pytest.raises(PolicyFileError, match="not a readable weights file"):
         read_weight_shapes(text)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_bfloat16_network_keeps_float32_weights_and_head(model, dueling):
+    """bf16 changes the arithmetic of the body only: same weights (so the same policy.h5), a float32
+    Q-head, Q-values close to float32's, and no process-wide policy left behind."""
+    exact = model if not dueling else build_q_network(4, dueling=True)
+    fast = build_q_network(4, dueling=dueling, precision="bfloat16")
+    fast.set_weights(exact.get_weights())
+    assert all(w.dtype == np.float32 for w in fast.get_weights())
+    compute = [layer.compute_dtype for layer in fast.layers if layer.weights]
+    head = 2 if dueling else 1  # Dense(n) [+ the dueling Dense(n + 1)]
+    assert compute == ["bfloat16"] * (len(compute) - head) + ["float32"] * head
+    states = np.random.default_rng(1).random((16, *INPUT_SHAPE), dtype=np.float32)
+    q32, q16 = exact(states).numpy(), fast(states).numpy()
+    assert q16.dtype == np.float32
+    assert not np.array_equal(q16, q32)  # really another arithmetic
+    np.testing.assert_allclose(q16, q32, atol=0.03 * np.abs(q32).max())
+    assert tf_keras.mixed_precision.global_policy().name == "float32"
+    assert build_q_network(4).layers[1].compute_dtype == "float32"
+
+
+def test_auto_precision_follows_the_hardware():
+    assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
+    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
+    if not tf.config.list_physical_devices("GPU"):
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+        assert bool(native_bfloat16()) == bool(flags & {"avx512_bf16", "amx_bf16"})
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float16")
