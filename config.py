@@ -198,7 +198,8 @@ class Config:
                                   "weights and Q-head, policy.h5 unchanged); auto = bfloat16 where the "
                                   "learner's node multiplies bf16 natively (AVX-512 BF16/AMX CPUs, GPUs of "
                                   "compute capability 8+), else float32", choices=PRECISIONS)
-    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: all cores of its node)", low=0)
+    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: auto, the CPUs the explorers leave "
+                                "free, at most one node's, at least 1)", low=0)
     # evaluation
     eval_every: int = flag(100_000, "agent steps between evaluations of the newest network (0: off); the best "
                            "one is also written as RUN_DIR/best-policy.h5", low=0)

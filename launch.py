@@ -214,10 +214,11 @@ class Driver:
             name=replay_name, num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # restarts empty: refill
         ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation, n_step=cfg.n_step,
                  priority_alpha=cfg.priority_alpha if cfg.prioritized else None)
-        learner_options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1}
-        if cfg.learner_threads:
-            threads = str(cfg.learner_threads)
-            learner_options["runtime_env"] = {"env_vars": {"TF_NUM_INTRAOP_THREADS": threads}}
+        self.learner_threads = cfg.learner_threads or self.spare_cpus()
+        learner_options: dict[str, Any] = {
+            "num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1,
+            "runtime_env": {"env_vars": {"TF_NUM_INTRAOP_THREADS": str(self.learner_threads)}},
+        }
         if not cfg.learner_gpus:
             learner_options["scheduling_strategy"] = here
         self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, replay_name)
@@ -261,6 +262,17 @@ class Driver:
             self.restore_learner(learner_state)
             self.restore_replay()
         self.weights = self.learner.get_weights.remote()
+
+    def spare_cpus(self) -> int:
+        """The learner's TensorFlow threads by default: the CPUs the explorers leave free, at most
+        one node's worth, at least 1. More threads than that compete with the explorers for cores,
+        and the learner's thread barriers wait for preempted threads: on 2 cores with 1 explorer,
+        1 thread gave 1.03x to 1.12x the updates of 2 in the end-to-end runs (docs/benchmarks.md)."""
+        explorers = self.cfg.num_actors * (self.cfg.explorer_cpus or self.explorer_cpus())
+        spare = self.ray.cluster_resources().get("CPU", 1.0) - explorers
+        largest = max((node["Resources"].get("CPU", 1.0) for node in self.ray.nodes() if node["Alive"]),
+                      default=1.0)
+        return int(max(1, min(spare, largest)))
 
     def explorer_cpus(self) -> float:
         """One CPU per explorer, or an even share of what Ray has beside the learner's CPU,
@@ -777,7 +789,8 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
             flush=True,
         )
         driver = Driver(cfg, run_dir, resume)
-        print(f"learner arithmetic: {ray.get(driver.learner.arithmetic.remote())}", flush=True)
+        print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {driver.learner_threads} TensorFlow "
+              f"thread(s){'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}", flush=True)
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
         write_atomically(run_dir / "config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))
