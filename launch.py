@@ -681,10 +681,13 @@ def _check_run_dir(run_dir: Path) -> None:
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --run-dir"
         )
     try:
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
         probe.write_text("")
         probe.unlink()
+        if created:  # made for real once the run starts: bad input found before then leaves no trace
+            run_dir.rmdir()
     except OSError as exc:
         raise LaunchError(f"cannot write to --run-dir {run_dir} ({exc.strerror}); choose a writable folder") from None
 
@@ -775,8 +778,14 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
     import ray
 
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     owns_ray = _init_ray(cfg)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.learner_gpus > gpus:  # the learner would wait for it forever, and every explorer with it
+        if owns_ray:
+            ray.shutdown()
+        raise LaunchError(f"--learner-gpus {cfg.learner_gpus:g}: the cluster has {gpus:g} GPU(s) (see `ray status`); "
+                          "leave the flag out, or start the head on a GPU machine (docs/cluster.md)")
+    run_dir.mkdir(parents=True, exist_ok=True)
     _stop_requested.clear()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     driver = None
@@ -789,8 +798,8 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
             flush=True,
         )
         driver = Driver(cfg, run_dir, resume)
-        print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {driver.learner_threads} TensorFlow "
-              f"thread(s){'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}", flush=True)
+        print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {driver.learner_threads} TensorFlow thread(s)"
+              f"{'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}", flush=True)
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
         write_atomically(run_dir / "config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))

@@ -172,6 +172,7 @@ BAD_LAUNCH = {
     "replay too big for memory": (["--replay-capacity", "100000000"], "use at most about"),
     "unknown flag": (["--num-actor", "2"], "unrecognized arguments"),
     "gamma out of range": (["--gamma", "1.5"], "--gamma must be <= 1.0"),
+    "precision": (["--learner-precision", "float16"], "invalid choice"),
 }
 
 
@@ -222,3 +223,16 @@ def test_launch_bad_run_dirs_and_resumes(finished_run: Path, capsys: pytest.Capt
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("launch.py: error:") and message in err[0], (message, err)
     assert _snapshot(tmp_path) | _snapshot(finished_run) == before, "bad input changed files on disk"
+
+
+def test_a_learner_gpu_the_cluster_lacks_is_refused(ray_session, capsys: pytest.CaptureFixture,
+                                                     tmp_path: Path) -> None:
+    """The learner would wait for the GPU forever, and the explorers for its weights: refuse at once."""
+    import launch
+
+    gpus = ray_session.cluster_resources().get("GPU", 0.0)
+    run = tmp_path / "run"
+    assert launch.main(["--learner-gpus", str(gpus + 1), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the cluster has {gpus:g} GPU(s)" in err[0], err
+    assert not run.exists(), "nothing may be written for bad input"
