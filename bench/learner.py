@@ -356,8 +356,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--memory-size", type=int, default=5000,
                    help="transitions in keras-rl's SequentialMemory for with-sampling (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="TensorFlow intra/inter-op threads for both sides; 0: TF's default (all cores, as the "
-                        "learner runs with --learner-threads 0 and as train.py runs) (default: %(default)s)")
+                   help="TensorFlow intra/inter-op threads for both sides; 0: TF's default (all cores, as "
+                        "train.py runs; launch.py's learner takes the cores its explorers leave free, see "
+                        "--learner-threads) (default: %(default)s)")
     p.add_argument("--no-breakdown", action="store_true",
                    help="skip the per-part timing of our update at the smallest batch size")
     p.add_argument("--peak-seconds", type=float, default=2.0,
