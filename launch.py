@@ -214,7 +214,8 @@ class Driver:
             name=replay_name, num_cpus=0, scheduling_strategy=pinned, max_restarts=-1  # restarts empty: refill
         ).remote(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * self.generation, n_step=cfg.n_step,
                  priority_alpha=cfg.priority_alpha if cfg.prioritized else None)
-        self.learner_threads = cfg.learner_threads or self.spare_cpus()
+        explorer_cpus = cfg.explorer_cpus or self.explorer_cpus()
+        self.learner_threads = cfg.learner_threads or self.spare_cpus(explorer_cpus)
         learner_options: dict[str, Any] = {
             "num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1,
             "runtime_env": {"env_vars": {"TF_NUM_INTRAOP_THREADS": str(self.learner_threads)}},
@@ -223,7 +224,7 @@ class Driver:
             learner_options["scheduling_strategy"] = here
         self.learner = ray.remote(Learner).options(**learner_options).remote(cfg, self.n_actions, replay_name)
         explorer_options: dict[str, Any] = {
-            "num_cpus": cfg.explorer_cpus or self.explorer_cpus(),
+            "num_cpus": explorer_cpus,
             "max_restarts": -1,  # a crashed explorer (or its lost node) comes back and plays on
             "max_task_retries": 0,  # ...but the run() it was in is lost: the driver just starts another
             # one TensorFlow thread each: explorers scale by processes and leave cores to the learner
@@ -263,13 +264,13 @@ class Driver:
             self.restore_replay()
         self.weights = self.learner.get_weights.remote()
 
-    def spare_cpus(self) -> int:
-        """The learner's TensorFlow threads by default: the CPUs the explorers leave free, at most
-        one node's worth, at least 1. More threads than that compete with the explorers for cores,
-        and the learner's thread barriers wait for preempted threads: on 2 cores with 1 explorer,
-        1 thread gave 1.03x to 1.12x the updates of 2 in the end-to-end runs (docs/benchmarks.md)."""
-        explorers = self.cfg.num_actors * (self.cfg.explorer_cpus or self.explorer_cpus())
-        spare = self.ray.cluster_resources().get("CPU", 1.0) - explorers
+    def spare_cpus(self, explorer_cpus: float) -> int:
+        """The learner's TensorFlow threads by default: the CPUs the explorers (``explorer_cpus``
+        each) leave free, at most one node's worth, at least 1. More threads than that compete with
+        the explorers for cores, and the learner's thread barriers wait for preempted threads: on
+        2 cores with 1 explorer, 1 thread gave 1.03x to 1.12x the updates of 2 end to end
+        (docs/benchmarks.md)."""
+        spare = self.ray.cluster_resources().get("CPU", 1.0) - self.cfg.num_actors * explorer_cpus
         largest = max((node["Resources"].get("CPU", 1.0) for node in self.ray.nodes() if node["Alive"]),
                       default=1.0)
         return int(max(1, min(spare, largest)))

@@ -129,7 +129,6 @@ def theoretical_peak(m: dict, practical_per_core: float) -> dict:
 
 # --- ours -------------------------------------------------------------------------------------------
 def our_learner(double: bool, seed: int, precision: str = "float32"):
-
     from config import Config
     from learner.learner import Learner
 

@@ -31,14 +31,12 @@ class Learner:
 
         # --learner-threads reaches TensorFlow as TF_NUM_INTRAOP_THREADS in this actor's
         # environment (launch.py): TensorFlow is initialised before this constructor runs.
-        from learner.network import build_q_network, native_bfloat16, resolve_precision
+        from learner.network import build_q_network, resolve_precision
 
         tf.random.set_seed(cfg.seed)
         self.cfg = cfg
         # resolved here, on the learner's own node: "auto" means bf16 where its hardware has it
         self.precision = resolve_precision(cfg.learner_precision)
-        self.precision_reason = (f"auto: {native_bfloat16() or 'no native bfloat16 here'}"
-                                 if cfg.learner_precision == "auto" else "")
         self.replay = resolve_actor(replay)
         self.online = build_q_network(n_actions, dueling=cfg.dueling, precision=self.precision)
         self.target = build_q_network(n_actions, dueling=cfg.dueling, precision=self.precision)
@@ -189,7 +187,11 @@ class Learner:
 
     def arithmetic(self) -> str:
         """What the learner computes in and why, for the driver's start-up line."""
-        return f"{self.precision} ({self.precision_reason})" if self.precision_reason else self.precision
+        from learner.network import native_bfloat16
+
+        if self.cfg.learner_precision != "auto":
+            return self.precision
+        return f"{self.precision} (auto: {native_bfloat16() or 'no native bfloat16 here'})"
 
     def get_weights(self) -> tuple[int, list[np.ndarray]]:
         """``(version, arrays)``: what explorers load and the driver exports."""
