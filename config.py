@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 PRECISIONS = ("auto", "float32", "bfloat16")  # of the networks' arithmetic (learner.network)
+PRIORITIES = ("idle", "low", "normal")  # CPU priority of explorers and the evaluator (actors.priority)
 
 
 def flag(
@@ -158,6 +159,9 @@ class Config:
     actor_precision: str = flag("auto", "explorers' inference arithmetic: float32, bfloat16 or auto, as "
                                 "--learner-precision (1.5x faster forward passes on AVX-512 BF16 CPUs)",
                                 choices=PRECISIONS)
+    explorer_priority: str = flag("idle", "CPU priority of explorers and the evaluator: idle (Linux SCHED_IDLE: "
+                                  "they run on the CPU time the learner, the bottleneck at a fixed replay ratio, "
+                                  "leaves), low (nice 19) or normal", choices=PRIORITIES)
     exploration: str = flag("ladder", "epsilon per emulator stream: ladder (Ape-X: eps_i = base^(1 + alpha i/(N-1))"
                             " over all N streams), fixed (--epsilon) or anneal (--eps-start -> --eps-end)",
                             choices=("ladder", "fixed", "anneal"))

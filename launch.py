@@ -238,7 +238,8 @@ class Driver:
         self.evaluator = ray.remote(Evaluator).options(
             num_cpus=0, max_restarts=-1, scheduling_strategy=here, runtime_env=explorer_options["runtime_env"]
         ).remote(cfg.game, self.n_actions, dueling=cfg.dueling, epsilon=cfg.eval_epsilon,
-                 max_steps=cfg.eval_max_steps, seed=cfg.seed + 104_729 * (self.generation + 1)
+                 max_steps=cfg.eval_max_steps, seed=cfg.seed + 104_729 * (self.generation + 1),
+                 priority=cfg.explorer_priority
                  ) if cfg.eval_every else None
         self.eval_future: Any = None  # (future, weights version, weights, env steps, learner steps)
         self.next_eval = state.get("next_eval", cfg.eval_every)

@@ -17,6 +17,7 @@ import numpy as np
 
 import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW, AtariEnv, make_env
+from actors.priority import yield_cpu
 
 SEED_LIMIT = 2**31 - 1  # ALE takes its seed as a 32-bit signed int
 
@@ -37,6 +38,7 @@ class Evaluator:
         epsilon: float = 0.05,
         max_steps: int = 27_000,
         seed: int = 0,
+        priority: str = "normal",
     ) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
@@ -45,6 +47,7 @@ class Evaluator:
         kerasrl_compat.load_tensorflow()
         from learner.network import build_q_network, q_function
 
+        yield_cpu(priority)  # it plays beside the learner: actors.priority says why
         self.game = game
         self.n_actions = n_actions
         self.dueling = dueling

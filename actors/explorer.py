@@ -17,6 +17,7 @@ import numpy as np
 import kerasrl_compat
 from actors.atari import FRAME_SHAPE, WINDOW, make_env
 from actors.nstep import nstep_targets
+from actors.priority import yield_cpu
 from config import Config
 from replay.server import resolve_actor
 
@@ -111,6 +112,7 @@ class Explorer:
         kerasrl_compat.load_tensorflow()
         from learner.network import build_q_network, q_function
 
+        yield_cpu(cfg.explorer_priority)
         self.cfg = cfg
         self.index = index
         self.replay = resolve_actor(replay)

@@ -50,7 +50,8 @@ def make_explorer(k: int, seed: int, sync_every: int, precision: str = "auto"):
 
     explorer_mod._wait_quietly = lambda refs: None  # the stub returns no object refs to wait for
     cfg = Config(num_actors=1, envs_per_actor=k, weight_sync_every=sync_every, seed=seed,
-                 replay_capacity=max(100, 10 * k), actor_precision=precision)
+                 replay_capacity=max(100, 10 * k), actor_precision=precision,
+                 explorer_priority="normal")  # same priority as the raw-emulator loop it is compared with
     return explorer_mod.Explorer(cfg, 0, _Discard())
 
 

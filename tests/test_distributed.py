@@ -15,6 +15,7 @@ from procs import session_actor_pids
 import kerasrl_compat
 from actors.atari import make_env
 from actors.explorer import Explorer, stream_epsilon
+from actors.priority import yield_cpu
 from config import Config
 from replay.memory import Batch
 from replay.server import ReplayServer
@@ -56,6 +57,51 @@ def test_ape_x_ladder() -> None:
     assert stream_epsilon(anneal, 5, 10_000) == pytest.approx(0.1)
 
 
+def thread_policies(pid: int | str) -> list[tuple[int, int]]:
+    """(scheduling policy, nice value) of every thread of process ``pid``: Linux keeps both per thread."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # /proc/PID/task/TID/stat, counted from the ")" that ends the name: field 19 (nice) is the
+        # 17th, field 41 (policy) the 39th
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out.append((int(fields[38]), int(fields[16])))
+    return out
+
+
+def test_yield_cpu_reaches_every_thread_and_the_threads_started_later() -> None:
+    """Explorers lower every thread, those TensorFlow and Ray started before included."""
+    code = (
+        "import json, sys, threading\n"
+        "from actors.priority import yield_cpu\n"
+        "from test_distributed import thread_policies\n"
+        "stop = threading.Event()\n"
+        "early = threading.Thread(target=stop.wait)\n"
+        "early.start()\n"
+        "report = {'before': thread_policies('self'), 'applied': yield_cpu(sys.argv[1])}\n"
+        "later = threading.Thread(target=lambda: report.update(after=thread_policies('self')))\n"
+        "later.start(); later.join()\n"
+        "print(json.dumps(report))\n"
+        "stop.set()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    reports = {}
+    for priority in ("idle", "low", "normal"):
+        out = subprocess.run([sys.executable, "-c", code, priority], capture_output=True, text=True, timeout=120,
+                             cwd=root, env=env)
+        assert out.returncode == 0, out.stderr
+        reports[priority] = json.loads(out.stdout)
+    for priority, report in reports.items():
+        # main, the early thread and whatever the imports started (numpy's BLAS threads)
+        assert report["applied"] == priority and len(report["before"]) >= 2
+        assert len(report["after"]) == len(report["before"]) + 1, "the thread started later is counted too"
+    assert {p for p, _ in reports["idle"]["after"]} == {os.SCHED_IDLE}
+    assert set(map(tuple, reports["low"]["after"])) == {(os.SCHED_OTHER, 19)}
+    assert set(map(tuple, reports["normal"]["after"])) == set(map(tuple, reports["normal"]["before"]))
+    with pytest.raises(ValueError, match="priority must be one of"):
+        yield_cpu("high")
+
+
 def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
     """Every pushed frame is what the emulator shows after the recorded actions, and every
     pushed n-step return is the discounted sum of the rewards that followed."""
@@ -71,9 +117,12 @@ def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
         chunks = ray.get(replay.recorded.remote())
         counters = ray.get(replay.counters.remote())
         batch = ray.get(replay.sample.remote(16, 2))
+        policies = [thread_policies(pid) for pid in session_actor_pids("ray::Explorer")]
     finally:
         ray.kill(explorer)
         ray.kill(replay)
+    assert cfg.explorer_priority == "idle"
+    assert policies and {p for threads in policies for p, _ in threads} == {os.SCHED_IDLE}, "explorers yield the CPU"
     assert sum(r["steps"] for r in reports) == 800
     terminals = sum(int(c["terminals"].sum()) for c in chunks)
     assert terminals > 0, "800 random Breakout steps lose at least one life"
@@ -251,7 +300,8 @@ def test_an_episode_cut_by_the_step_limit_ends_a_segment_and_bootstraps_inside_i
     n-step horizon reaches past its final observation, and the next chunk starts a new segment."""
     ray = ray_session
     _by_value()
-    cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=3, n_step=3)
+    cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=3, n_step=3,
+                 explorer_priority="normal")  # in this process: leave the test session's priority alone
     replay = ray.remote(num_cpus=0)(RecordingReplay).remote(2000, cfg.num_streams, seed=0, n_step=3,
                                                             priority_alpha=0.6)
     explorer = Explorer(cfg, 0, replay)  # in this process, so its emulators can get a short step limit
