@@ -800,8 +800,10 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None) -> Path:
             flush=True,
         )
         driver = Driver(cfg, run_dir, resume)
+        yields = "" if cfg.explorer_priority == "normal" else (
+            f"; explorers yield it the CPU (--explorer-priority {cfg.explorer_priority})")
         print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {driver.learner_threads} TensorFlow thread(s)"
-              f"{'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}", flush=True)
+              f"{'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}{yields}", flush=True)
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
         write_atomically(run_dir / "config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))

@@ -68,6 +68,7 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-3000:]
     assert f"resuming {run} at {driver_state['env_steps']:,}" in out
+    assert "explorers yield it the CPU (--explorer-priority idle)" in out  # the default, said at start-up
     after = _records(run)
     last = after[-1]
     assert last["env_steps"] == 6000
