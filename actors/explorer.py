@@ -123,7 +123,8 @@ class Explorer:
         self.streams = [_Stream(make_env(cfg.game, training=True, seed=seed + j)) for j in range(k)]
         self.n_actions = int(self.streams[0].env.action_space.n)
         self.policies = [EpsGreedyQPolicy(eps=stream_epsilon(cfg, self.first_stream + j)) for j in range(k)]
-        self.model = build_q_network(self.n_actions, dueling=cfg.dueling, precision=cfg.actor_precision)
+        self.model = build_q_network(self.n_actions, dueling=cfg.dueling, precision=cfg.actor_precision,
+                                     acting=True)
         self._q = q_function(self.model)
         self.weights_version = -1
         self.state = np.zeros((k, WINDOW, *FRAME_SHAPE), np.uint8)

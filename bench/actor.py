@@ -27,6 +27,8 @@ import pstats
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 
@@ -58,7 +60,7 @@ def make_explorer(k: int, seed: int, sync_every: int, precision: str = "auto"):
 def explorer_rate(k: int, seed: int, sync_every: int, precision: str = "auto"):
     """A callable(seconds) -> (agent steps per wall s, per CPU s) of an explorer with ``k`` emulators."""
     ex = make_explorer(k, seed, sync_every, precision)
-    weights = ex.model.get_weights()
+    weights = [w.astype(np.float32) for w in ex.model.get_weights()]  # float32, as the learner sends them
     version = [0]
 
     def run(seconds: float) -> tuple[float, float]:

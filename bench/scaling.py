@@ -27,13 +27,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 
 
+def explorer_config(n: int, args: argparse.Namespace):  # -> config.Config
+    """launch.py's defaults (the apex preset) for ``n`` explorers with this run's sizes."""
+    from config import Config, apply_preset
+
+    return apply_preset(Config(num_actors=n, envs_per_actor=args.envs, weight_sync_every=args.sync_every,
+                               seed=args.seed, replay_capacity=args.capacity), set())
+
+
 def measure(ray, n: int, args: argparse.Namespace, replay, weights: list) -> dict:
     from actors.explorer import Explorer
-    from config import Config
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    cfg = Config(num_actors=n, envs_per_actor=args.envs, weight_sync_every=args.sync_every, seed=args.seed,
-                 replay_capacity=args.capacity)
+    cfg = explorer_config(n, args)
     share = min(1.0, cpus / n)
     explorers = [ray.remote(Explorer).options(num_cpus=share).remote(cfg, i, replay) for i in range(n)]
     ray.get([e.flush.remote() for e in explorers])  # built (TF loaded, emulators reset)
@@ -147,14 +153,16 @@ def main(argv: list[str] | None = None) -> dict:
     from replay.server import ReplayServer
 
     counts = [int(x) for x in args.explorers.split(",")]
-    weights = build_q_network(4).get_weights()
+    cfg = explorer_config(max(counts), args)
+    weights = build_q_network(4, dueling=cfg.dueling).get_weights()
     tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # Ray's sockets and logs, ours alone
     ray.init(address="local", num_cpus=cores, include_dashboard=False, _temp_dir=tmp, logging_level="error",
              log_to_driver=False, runtime_env={"env_vars": dict(kerasrl_compat.PROCESS_ENV)})
     points = []
     try:
-        replay = ray.remote(ReplayServer).options(num_cpus=0).remote(args.capacity, max(counts) * args.envs,
-                                                                      seed=args.seed)
+        replay = ray.remote(ReplayServer).options(num_cpus=0).remote(
+            args.capacity, cfg.num_streams, seed=args.seed, n_step=cfg.n_step,
+            priority_alpha=cfg.priority_alpha if cfg.prioritized else None)
         for n in counts:
             r = measure(ray, n, args, replay, weights)
             r["ratio_to_raw_one_core"] = r["env_steps_per_s"] / raw

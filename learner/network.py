@@ -56,7 +56,9 @@ def _dueling_avg(y):  # y: [batch, n_actions + 1] -> Q: [batch, n_actions]
     return y[:, :1] + advantage - tf.reduce_mean(advantage, axis=1, keepdims=True)
 
 
-def build_q_network(n_actions: int, dueling: bool = False, precision: str = "float32"):  # -> tf_keras.Model
+def build_q_network(
+    n_actions: int, dueling: bool = False, precision: str = "float32", acting: bool = False
+):  # -> tf_keras.Model
     """Conv 32x8x8/4, Conv 64x4x4/2, Conv 64x3x3/1, Dense 512, Dense n_actions (linear).
 
     ``precision="bfloat16"`` runs the convolutions and the hidden Dense in bfloat16 with float32
@@ -64,6 +66,12 @@ def build_q_network(n_actions: int, dueling: bool = False, precision: str = "flo
     The Q-head stays float32, as TensorFlow's mixed-precision guide advises for output layers:
     Q-values near 10 would otherwise be rounded to steps of 0.06. The policy is per layer, never
     Keras' process-wide one, so networks built later in the process are not affected.
+
+    ``acting=True`` (explorers: a copy that only acts and never trains) keeps the bf16 body's weights
+    in bf16 rather than float32. Its Q-values are bit for bit those of the float32-weight network
+    with the same weights, since that one rounds its weights to bf16 on every call anyway; here the
+    rounding happens once, in ``set_weights``, which saves 0.4-0.5 ms per forward pass on the
+    reference CPU (about a fifth of a forward pass over 8 emulators).
 
     ``dueling=True`` repeats what keras-rl's ``DQNAgent.__init__`` does to that network: it
     takes ``model.layers[-2]`` (the Dense(n_actions), skipping the final Activation), puts a
@@ -76,7 +84,7 @@ def build_q_network(n_actions: int, dueling: bool = False, precision: str = "flo
     from tensorflow.keras.layers import Activation, Conv2D, Dense, Flatten, Lambda, Permute
     from tensorflow.keras.models import Model, Sequential
 
-    body = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[resolve_precision(precision)]
+    body = {"float32": "float32", "bfloat16": "bfloat16" if acting else "mixed_bfloat16"}[resolve_precision(precision)]
     head = "float32"
     base = Sequential(
         [

@@ -20,7 +20,7 @@ from learner.export import (
     save_policy,
     write_atomically,
 )
-from learner.network import INPUT_SHAPE, build_q_network, native_bfloat16, resolve_precision
+from learner.network import INPUT_SHAPE, build_q_network, native_bfloat16, q_function, resolve_precision
 
 ATARI_PARAMS = 1_686_180  # keras-rl's Atari example network with 4 actions
 
@@ -192,6 +192,22 @@ def test_bfloat16_network_keeps_float32_weights_and_head(model, dueling):
     np.testing.assert_allclose(q16, q32, atol=0.03 * np.abs(q32).max())
     assert tf_keras.mixed_precision.global_policy().name == "float32"
     assert build_q_network(4).layers[1].compute_dtype == "float32"
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_acting_copy_keeps_bfloat16_weights_and_acts_bit_for_bit_alike(dueling):
+    """The explorers' copy stores its bf16 body's weights in bf16 (rounded once, in set_weights)
+    and gives exactly the Q-values of the training network with the same float32 weights."""
+    trained = build_q_network(4, dueling=dueling, precision="bfloat16")
+    acting = build_q_network(4, dueling=dueling, precision="bfloat16", acting=True)
+    acting.set_weights(trained.get_weights())  # float32 arrays, as the learner hands them out
+    dtypes = [w.dtype.name for w in acting.get_weights()]
+    assert "bfloat16" in dtypes and "float32" in dtypes  # bf16 body, float32 head
+    assert all(w.dtype == np.float32 for w in trained.get_weights())
+    states = np.random.default_rng(2).integers(0, 256, (8, *INPUT_SHAPE), dtype=np.uint8)
+    np.testing.assert_array_equal(q_function(acting)(states).numpy(), q_function(trained)(states).numpy())
+    exact = build_q_network(4, dueling=dueling, acting=True)  # float32: acting changes nothing
+    assert all(w.dtype == np.float32 for w in exact.get_weights())
 
 
 def test_auto_precision_follows_the_hardware():
