@@ -128,7 +128,9 @@ class Counters(Callback):
         episodes.append((type(episode).__name__, type(logs["nb_steps"]).__name__))
 
 env = kerasrl_compat.OldGymAPI(make_env("Breakout", training=True, seed=0))
-agent.fit(env, nb_steps=60, verbose=0, callbacks=[Counters()])
+np.random.seed(0)  # EpsGreedyQPolicy draws from numpy's global generator
+# episodes are capped at 25 steps, so at least two end in 60 steps whatever the ball does
+agent.fit(env, nb_steps=60, verbose=0, nb_max_episode_steps=25, callbacks=[Counters()])
 print(json.dumps({
     "fast_is_custom": fast_is_custom, "stock_is_stock": stock_is_stock,
     "fast_dtype": str(fast.dtype), "fast_shape": list(fast.shape),
@@ -150,5 +152,5 @@ def test_dqn_agent_fast_batching_and_wide_counters(tmp_path):
     # fix 3: fit()'s counters are 64-bit, so they pass 32,767 without wrapping
     assert out["step"] == 60 and out["step_type"] == "int64"
     assert out["past_int16"] == 60 + 32767
-    assert out["episodes"], "no episode (life) ended in 60 random steps"
+    assert len(out["episodes"]) >= 2, "fit() reported fewer episode ends than its 25-step cap makes"
     assert all(pair == ["int64", "int64"] for pair in out["episodes"])
