@@ -124,6 +124,29 @@ def gym_raw(seed: int = 0) -> Callable[[float], float]:
     return lambda seconds: _timed_loop(step64, seconds)
 
 
+def ale_vector(seed: int = 0, num_envs: int = 32) -> Callable[[float], float]:
+    """ale-py's own C++ vector env (``AtariVectorEnv``, one worker thread) with the DQN
+    preprocessing done in C++: max-pooled skip 4, 84x84 gray (its own resize, not Pillow's),
+    no-op starts, FIRE on reset, episodic life, clipping. The library alternative to our env."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    env = AtariVectorEnv("breakout", num_envs=num_envs, num_threads=1, stack_num=1, noop_max=30,
+                         use_fire_reset=True, episodic_life=True, reward_clipping=True,
+                         repeat_action_probability=0.0)
+    env.reset(seed=seed)
+    draws = np.random.default_rng(seed).integers(0, int(env.single_action_space.n), (256, num_envs))
+    assert 64 % num_envs == 0, "step64 counts 64 agent steps"
+    pos = [0]
+
+    def step64() -> None:
+        i = pos[0]
+        for j in range(64 // num_envs):
+            env.step(draws[(i + j) & 0xFF])  # finished sub-envs reset themselves on their next step
+        pos[0] = i + 64 // num_envs
+
+    return lambda seconds: _timed_loop(step64, seconds)
+
+
 def ours_env(seed: int = 0) -> Callable[[float], float]:
     """The project's training env (``actors.atari.make_env(training=True)``): max-pooled frame
     skip 4, 84x84 grayscale via Pillow, no-op starts, FIRE on reset, episodic life, clipping."""

@@ -1,11 +1,13 @@
 """Raw Atari emulator speed on one core: the physical limit for acting, and what our preprocessing costs.
 
-Three loops, all Breakout, random actions, one agent step = 4 emulator frames, pinned to one core
-and interleaved round by round (so load from other processes falls on all three alike):
+Four loops, all Breakout, random actions, one agent step = 4 emulator frames, pinned to one core
+and interleaved round by round (so load from other processes falls on all of them alike):
 
   ale      ale_py ALEInterface, act() x4 per step, no screen read: the physical limit
   gym      gymnasium ALE/Breakout-v5 (frameskip=4, repeat_action_probability=0, obs_type rgb)
   ours     actors.atari.make_env(training=True): max-pooled skip, 84x84 gray (Pillow), episodic life
+  alevec   ale-py's C++ AtariVectorEnv, 32 envs, one thread, the same preprocessing done in C++:
+           the library alternative to our env (its resize is not Pillow's, so its pixels differ)
 
 Reference target: ours >= 60% of the raw rate, a prerequisite of the explorer's target
 (bench/actor.py: at least 60% of the raw emulator rate per core with inference included).
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     common.print_machine(m)
     print(f"pinned to cores {cores}; {args.rounds} rounds x {args.seconds:g} s per loop")
     res = common.interleave(
-        {"ale": common.ale_direct(args.seed), "gym": common.gym_raw(args.seed), "ours": common.ours_env(args.seed)},
+        {"ale": common.ale_direct(args.seed), "gym": common.gym_raw(args.seed), "ours": common.ours_env(args.seed),
+         "alevec": common.ale_vector(args.seed)},
         args.rounds, args.seconds, log=print,
     )
     cpu = {k: res[k]["cpu"]["median"] for k in res}
@@ -61,12 +64,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(common.rate_line("ours, make_env(training=True), 84x84", res["ours"],
                            extra=f"= {ours / ale:.2f} x ALE [{wall['ours'] / wall['ale']:.2f}], "
                                  f"{ours / gym:.2f} x gym [{wall['ours'] / wall['gym']:.2f}]"))
+    alevec = cpu["alevec"]
+    print(common.rate_line("ale-py AtariVectorEnv x32, 84x84", res["alevec"],
+                           extra=f"= {alevec / ale:.2f} x ALE [{wall['alevec'] / wall['ale']:.2f}], "
+                                 f"{alevec / ours:.2f} x ours [{wall['alevec'] / wall['ours']:.2f}]"))
     ok = ours / ale >= TARGET
     print(f"target (prerequisite of the explorer's): ours >= {TARGET:.0%} of raw ALE per core: {ours / ale:.0%}  "
           f"{common.verdict(ok)}")
 
     result = {"machine": m, "cores": cores, "seconds": args.seconds, "rounds": args.rounds, "steps_per_s": res,
               "ratio_ours_to_ale": ours / ale, "ratio_ours_to_gym": ours / gym, "ratio_gym_to_ale": gym / ale,
+              "ratio_alevec_to_ale": alevec / ale, "ratio_alevec_to_ours": alevec / ours,
               "wall_ratio_ours_to_ale": wall["ours"] / wall["ale"], "ratio_basis": "per CPU second, pinned",
               "target": TARGET, "pass": ok}
     if args.profile:
