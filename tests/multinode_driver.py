@@ -61,7 +61,7 @@ class RecordingDriver(launch.Driver):
         super()._explorer_done(i, ref)
         if self.env_steps > before:  # the run succeeded: the explorer is idle until the loop restarts it
             try:
-                node, code = ray.get(self.explorers[i].__ray_call__.remote(_where), timeout=30)
+                node, code = ray.get(self.explorers[i].__ray_call__.remote(_where), timeout=120)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 return
             self.placements.append({"explorer": i, "node": node, "code": code, "env_steps": self.env_steps})

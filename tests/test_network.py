@@ -54,6 +54,7 @@ def _config(layer) -> dict:
 
 @pytest.fixture(scope="module")
 def model():
+    tf_keras.utils.set_random_seed(0)  # the same weights whichever tests ran before
     return build_q_network(4)
 
 
@@ -178,6 +179,7 @@ def test_unreadable_policy_files(tmp_path):
 def test_bfloat16_network_keeps_float32_weights_and_head(model, dueling):
     """bf16 changes the arithmetic of the body only: same weights (so the same policy.h5), a float32
     Q-head, Q-values close to float32's, and no process-wide policy left behind."""
+    tf_keras.utils.set_random_seed(1)
     exact = model if not dueling else build_q_network(4, dueling=True)
     fast = build_q_network(4, dueling=dueling, precision="bfloat16")
     fast.set_weights(exact.get_weights())

@@ -336,7 +336,7 @@ def test_one_million_transitions_fit_in_8_gb() -> None:
     assert ReplayMemory.estimate_nbytes(1_000_000) < 8e9
     t0 = time.perf_counter()
     mem = ReplayMemory(1_000_000, 16, seed=0)  # np.zeros: pages are committed only when written
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 10.0  # 0.01 s: nothing is touched (a filled 7 GB would take far longer)
     assert mem.nbytes < 8e9
     assert mem.nbytes == ReplayMemory.estimate_nbytes(1_000_000, 16)
     assert mem.counters()["capacity"] == 1_000_000
