@@ -174,7 +174,9 @@ class Config:
     weight_sync_every: int = flag(400, "agent steps per explorer between weight refreshes; experience is pushed "
                                   "to the replay at the same cadence", low=1)
     # replay
-    replay_capacity: int = flag(1_000_000, "replay memory size in transitions (about 7 KB each)", low=100)
+    replay_capacity: int = flag(1_000_000, "replay memory size in transitions (about 7 KB each); on a local run "
+                                "the default shrinks to what this machine's free memory holds (down to 100,000)",
+                                low=100)
     samples_per_insert: float = flag(8.0, "replay ratio: transitions sampled per transition inserted "
                                      "(8 = one batch of 32 every 4 agent steps, as DQN)", low=0.01)
     prioritized: bool = flag(True, "proportional prioritized replay (Schaul et al.); false: uniform")

@@ -653,25 +653,49 @@ class LaunchError(Exception):
     """Bad input found before any work starts: one line for the user, exit status 2."""
 
 
-def _check_memory(cfg: Config) -> None:
-    """Refuse a replay that cannot fit in this machine's available memory (before allocating it)."""
-    from replay.memory import ReplayMemory
+MIN_AUTO_CAPACITY = 100_000  # the smallest replay a default is shrunk to (DQN still learns Breakout with it)
 
-    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams, prioritized=cfg.prioritized)
+
+def _available_memory() -> int | None:
+    """Bytes the kernel says new processes can use without swapping (``MemAvailable``); None off Linux."""
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
-        available = int(info["MemAvailable"].split()[0]) * 1024
+        return int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
-        return
+        return None
+
+
+def _fit_memory(cfg: Config, chosen: bool) -> Config:
+    """Make the replay fit this machine's available memory, checked before allocating it.
+
+    A capacity the user chose (or a resumed run's) that does not fit is refused. The default
+    shrinks to what fits, with a note, so that ``launch.py`` with no flags also runs on a laptop.
+    """
+    from replay.memory import ReplayMemory
+
+    available = _available_memory()
+    if available is None:
+        return cfg
+    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams, prioritized=cfg.prioritized)
     headroom = 1.5e9 + 0.8e9 * (cfg.num_actors + 1)  # TensorFlow in the learner and every explorer
-    if need + headroom > available:
-        fits = max(0, int((available - headroom) / ReplayMemory.bytes_per_transition(prioritized=cfg.prioritized)))
-        raise LaunchError(
-            f"--replay-capacity {cfg.replay_capacity:,} needs about {need / 1e9:.1f} GB but this machine has "
-            f"{available / 1e9:.1f} GB available (with {headroom / 1e9:.1f} GB kept for the actors); "
-            f"use at most about {fits:,}"
-        )
+    if need + headroom <= available:
+        return cfg
+    per_transition = ReplayMemory.bytes_per_transition(prioritized=cfg.prioritized)
+    fits = max(0, int((available - headroom) / per_transition))
+    what = (f"--replay-capacity {cfg.replay_capacity:,} needs about {need / 1e9:.1f} GB but this machine has "
+            f"{available / 1e9:.1f} GB available (with {headroom / 1e9:.1f} GB kept for the actors)")
+    capacity = fits // 10_000 * 10_000
+    if chosen or capacity < MIN_AUTO_CAPACITY:
+        hint = "" if chosen else " or fewer --num-actors"
+        raise LaunchError(f"{what}; use at most about {fits:,}{hint}")
+    cfg = dataclasses.replace(cfg, replay_capacity=capacity)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise LaunchError(f"with the replay shrunk to fit memory ({capacity:,}): {exc}") from None
+    print(f"note: the default {what}: using --replay-capacity {capacity:,} (give the flag to choose)", flush=True)
+    return cfg
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -751,10 +775,12 @@ def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, di
     from actors.atari import UnknownGameError, rom_id
 
     resume = None
+    given: set[str] = set()
     if cfg.resume:
         cfg, resume = _resume_config(cfg, argv)  # a resumed run keeps its resolved settings
     else:
-        cfg = apply_preset(cfg, given_flags(Config, argv))
+        given = given_flags(Config, argv)
+        cfg = apply_preset(cfg, given)
         try:
             check_ranges(cfg)
             cfg.validate()
@@ -765,7 +791,7 @@ def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, di
     except UnknownGameError as exc:
         raise LaunchError(str(exc)) from None
     if cfg.address is None:
-        _check_memory(cfg)
+        cfg = _fit_memory(cfg, chosen=resume is not None or "replay_capacity" in given)
     else:
         _check_cluster(cfg)
     if resume is None:

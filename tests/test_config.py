@@ -96,3 +96,33 @@ def test_resume_refuses_a_preset_a_changed_saved_replay_and_a_replay_too_small_f
     with pytest.raises(launch.LaunchError, match="replay.npz.*--n-step"):
         resume("--n-step", "1")
     assert resume("--total-env-steps", "9000").total_env_steps == 9000  # other flags still change
+
+
+def test_a_default_replay_shrinks_to_fit_memory_and_a_chosen_one_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """On a laptop-sized machine ``launch.py`` with no flags still runs: the default replay shrinks
+    to what the free memory holds, on a 10,000 boundary; a capacity the user gave is never changed."""
+    from replay.memory import ReplayMemory
+
+    base = ["--num-actors", "1", "--run-dir", str(tmp_path / "run")]
+    headroom = 1.5e9 + 0.8e9 * 2  # the learner's and one explorer's TensorFlow
+
+    def prepared(available: float, argv: list[str]) -> Config:
+        monkeypatch.setattr(launch, "_available_memory", lambda: int(available))
+        return launch.prepare(launch.parse(Config, argv, ""), argv)[0]
+
+    def need(capacity: int) -> float:
+        return ReplayMemory.estimate_nbytes(capacity, 8, prioritized=True) + headroom
+
+    assert prepared(30e9, base).replay_capacity == 1_000_000  # fits: unchanged, no note
+    assert capsys.readouterr().out == ""
+    cfg = prepared(6e9, base)  # the apex default (1M, prioritized) needs 7.1 GB + the actors'
+    assert 100_000 <= cfg.replay_capacity < 1_000_000 and cfg.replay_capacity % 10_000 == 0
+    assert need(cfg.replay_capacity) <= 6e9 < need(cfg.replay_capacity + 10_000)
+    out = capsys.readouterr().out
+    assert f"using --replay-capacity {cfg.replay_capacity:,}" in out and "give the flag to choose" in out
+    with pytest.raises(launch.LaunchError, match="use at most about"):
+        prepared(6e9, [*base, "--replay-capacity", "1000000"])  # chosen: refused, not changed
+    with pytest.raises(launch.LaunchError, match="or fewer --num-actors"):
+        prepared(3.5e9, base)  # not even 100,000 fit
+    assert not (tmp_path / "run").exists()
