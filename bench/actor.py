@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--core", type=int, default=0, help="CPU core to pin to (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
-                   help="also print a cProfile of the explorer loop with K emulators (0: none)")
+                   help="also print a cProfile of the explorer loop with K emulators, its CPU time per step "
+                        "by part, and the target as a time budget beyond the env (0: none)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args(argv)
 
@@ -181,17 +182,27 @@ def breakdown(k: int, seed: int, sync_every: int, seconds: float = 2.0, rounds: 
         for j in range(k):
             ex.policies[j].select_action(q_values=q[j])
 
-    res = common.interleave({"total": run, "env": common.ours_env(seed),
+    res = common.interleave({"total": run, "env": common.ours_env(seed), "ale": common.ale_direct(seed),
                              "forward": per_step(lambda: ex.q_values(states), k),
                              "policy": per_step(policies, k)}, rounds, seconds, warmup=1.0)
     us = {name: 1e6 / r["cpu"]["median"] for name, r in res.items()}
     total, env, fwd, pol = us["total"], us["env"], us["forward"], us["policy"]
     rest = total - env - fwd - pol
-    parts = {"total_us": total, "env_us": env, "forward_us": fwd, "policy_us": pol, "rest_us": rest}
     print(f"CPU time per agent step, K={k} (parts timed apart, medians of {rounds} rounds): total {total:.0f} us = "
           f"emulator+preprocessing {env:.0f} us ({env / total:.0%}) + forward {fwd:.0f} us ({fwd / total:.0%}) + "
           f"EpsGreedyQPolicy {pol:.0f} us ({pol / total:.0%}) + bookkeeping {rest:.0f} us ({rest / total:.0%})")
-    return parts
+    # the target as a time budget: what it leaves for everything but the environment
+    allowed = us["ale"] / TARGET
+    budget = allowed - env
+    flop = 2 * sum(m for _, m in common.layer_macs(ex.model))  # forward pass per agent step
+    need = f"{flop / budget / 1e3:,.0f} GFLOP/s" if budget > 0 else "less than no time"
+    print(f"target as a budget: {TARGET:.0%} of raw ALE ({us['ale']:.0f} us per step) allows {allowed:.0f} us per "
+          f"step; the env alone takes {env:.0f} us, leaving {budget:.0f} us for the network, the policy and the "
+          f"bookkeeping. The forward pass ({flop / 1e6:.1f} MFLOP per step) runs at {flop / fwd / 1e3:.0f} GFLOP/s; "
+          f"to fit that budget it would need {need}")
+    return {"total_us": total, "env_us": env, "forward_us": fwd, "policy_us": pol, "rest_us": rest,
+            "raw_ale_us": us["ale"], "target_allows_us": allowed, "budget_beyond_env_us": budget,
+            "forward_mflop_per_step": flop / 1e6, "forward_gflops": flop / fwd / 1e3}
 
 
 if __name__ == "__main__":

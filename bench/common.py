@@ -74,6 +74,20 @@ def _timed_loop(step: Callable[[], None], seconds: float) -> tuple[float, float]
             return n / dt, n / max(time.process_time() - c0, 1e-9)
 
 
+def layer_macs(model) -> list[tuple[str, int]]:
+    """Multiply-adds per sample of each Conv2D / Dense layer of a built Keras model."""
+    out = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            out.append((layer.name, int(h * w * c_out * kh * kw * layer.input.shape[-1])))
+        elif kind == "Dense":
+            out.append((layer.name, int(layer.input.shape[-1] * layer.units)))
+    return out
+
+
 def ale_direct(seed: int = 0) -> Callable[[float], float]:
     """ale_py ALEInterface, Breakout, ``act()`` x4 per agent step, random minimal-set actions,
     no screen read, no preprocessing: the physical limit for acting."""

@@ -59,22 +59,8 @@ def make_batches(batch_size: int, seed: int) -> list:
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------
-def layer_macs(model) -> list[tuple[str, int]]:
-    """Multiply-adds per sample of each Conv2D / Dense layer of a built Keras model."""
-    out = []
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Conv2D":
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            out.append((layer.name, int(h * w * c_out * kh * kw * layer.input.shape[-1])))
-        elif kind == "Dense":
-            out.append((layer.name, int(layer.input.shape[-1] * layer.units)))
-    return out
-
-
 def flops_per_update(model, batch_size: int, double: bool) -> dict:
-    macs = layer_macs(model)
+    macs = common.layer_macs(model)
     fwd = 2 * sum(m for _, m in macs)
     conv1_input_grad = 2 * macs[0][1]  # the first layer needs no gradient w.r.t. its input
     bwd = 2 * fwd - conv1_input_grad
