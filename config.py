@@ -7,9 +7,12 @@ in ``--help``; ranges are checked before any work starts and a bad value is a on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -61,7 +64,7 @@ def _describe(f: dataclasses.Field) -> str:
         text += f" [{meta['low']}..{meta['high']}]"
     elif meta["low"] is not None:
         text += f" [>= {meta['low']}]"
-    return text + " (default: %(default)s)"
+    return text if "(default" in meta["help"] else text + " (default: %(default)s)"
 
 
 def build_parser(
@@ -80,7 +83,9 @@ def build_parser(
         name = "--" + f.name.replace("_", "-")
         kind = _TYPES[_base_type(f)]
         if kind is _bool:
-            parser.add_argument(name, type=_bool, default=f.default, metavar="{true,false}", help=_describe(f))
+            # a bare --flag means true, as users expect of a switch; --flag false still works
+            parser.add_argument(name, type=_bool, nargs="?", const=True, default=f.default, metavar="{true,false}",
+                                help=_describe(f))
         else:
             parser.add_argument(
                 name, type=kind, default=f.default, choices=f.metadata["choices"], help=_describe(f)
@@ -96,10 +101,38 @@ def check_ranges(cfg: Any) -> None:
         if value is None:
             continue
         flag_name = "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison
+            raise ValueError(f"{flag_name} must be a finite number, got {value}")
         if low is not None and value < low:
             raise ValueError(f"{flag_name} must be >= {low}, got {value}")
         if high is not None and value > high:
             raise ValueError(f"{flag_name} must be <= {high}, got {value}")
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Raise ValueError unless ``folder`` exists or can be made, and takes a file. Leaves no
+    trace: folders it made for the probe are removed (the run makes them for real later)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file; give a folder")
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write to {what} {folder} ({exc.strerror}); choose a writable folder") from None
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+
+
+def check_run_dir(run_dir: Path, holds: Sequence[str], hint: str) -> None:
+    """A run directory must take files and must not hold another run's ``holds`` (nothing is overwritten)."""
+    if run_dir.is_dir() and any((run_dir / name).exists() for name in holds):
+        raise ValueError(f"{run_dir} already holds a run; {hint}")
+    check_writable_folder(run_dir, "--run-dir")
 
 
 def parse(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import Config, apply_preset, check_ranges, given_flags, hms, parse, preset_table
+from config import Config, apply_preset, check_ranges, check_run_dir, given_flags, hms, parse, preset_table
 from learner.checkpoint import CHECKPOINT
 from learner.export import write_atomically
 
@@ -698,26 +698,6 @@ def _fit_memory(cfg: Config, chosen: bool) -> Config:
     return cfg
 
 
-def _check_run_dir(run_dir: Path) -> None:
-    """The run directory must be writable and must not hold another run (nothing is overwritten)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LaunchError(f"--run-dir {run_dir} is a file; give a folder")
-    if run_dir.is_dir() and any((run_dir / name).exists() for name in ("config.json", "policy.h5", CHECKPOINT)):
-        raise LaunchError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --run-dir"
-        )
-    try:
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-        if created:  # made for real once the run starts: bad input found before then leaves no trace
-            run_dir.rmdir()
-    except OSError as exc:
-        raise LaunchError(f"cannot write to --run-dir {run_dir} ({exc.strerror}); choose a writable folder") from None
-
-
 def _resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict]]:
     """The saved run's config with the flags given now on top, and its checkpoint."""
     from learner.checkpoint import CheckpointError, load_checkpoint
@@ -796,7 +776,11 @@ def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, di
         _check_cluster(cfg)
     if resume is None:
         run_dir = Path(cfg.run_dir or time.strftime(f"runs/{cfg.game.lower()}-%Y%m%d-%H%M%S"))
-        _check_run_dir(run_dir)
+        try:
+            check_run_dir(run_dir, ("config.json", "policy.h5", CHECKPOINT),
+                          f"continue it with --resume {run_dir}, or choose another --run-dir")
+        except ValueError as exc:
+            raise LaunchError(str(exc)) from None
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     return cfg, resume
 

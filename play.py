@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import flag, parse
+from config import check_writable_folder, flag, parse
 
 EPILOG = """example:
   python play.py --weights runs/<run>/policy.h5 --episodes 3 --gif breakout.gif
@@ -41,6 +41,7 @@ class PlayConfig:
                 raise ValueError(f"--gif must end in .gif, got {gif}")
             if not gif.parent.exists():
                 raise ValueError(f"folder {gif.parent} for --gif does not exist; create it first")
+            check_writable_folder(gif.parent, "--gif's folder")  # found now, not after the game
 
 
 class GifRecorder:

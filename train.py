@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import flag, hms, parse
+from config import check_run_dir, check_writable_folder, flag, hms, parse
 
 EPILOG = """outputs:
   OUTPUT                   the final Q-network (keras-rl DQNAgent.save_weights), also on Ctrl-C
@@ -70,6 +70,19 @@ class TrainConfig:
             raise ValueError(f"{out} already exists; pass --overwrite or choose another --output")
         if out.is_dir():
             raise ValueError(f"--output {out} is a folder; give a file path ending in .h5")
+        if self.warmup >= self.steps:
+            raise ValueError(f"--warmup ({self.warmup:,}) must be below --steps ({self.steps:,}), or no update "
+                             "would run; lower --warmup")
+
+    def prepare(self) -> None:
+        """Checks that touch the disk, made before any work so that a bad path costs no training:
+        the run folder (default name filled in) and the output's folder must take files, and an
+        earlier run's folder is never written over."""
+        if self.run_dir is None:
+            self.run_dir = time.strftime("runs/classic-%Y%m%d-%H%M%S")
+        check_run_dir(Path(self.run_dir), ("config.json", "episodes.csv", "checkpoint.h5"),
+                      "choose another --run-dir")
+        check_writable_folder(Path(self.output).resolve().parent, "--output's folder")
 
 
 def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
@@ -152,7 +165,8 @@ def train(cfg: TrainConfig) -> Path:
     from learner.classic import make_dqn_agent
     from learner.export import write_atomically
 
-    run_dir = Path(cfg.run_dir or time.strftime("runs/classic-%Y%m%d-%H%M%S"))
+    cfg.prepare()
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
@@ -208,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rom_id(cfg.game)
-    except UnknownGameError as exc:
+        cfg.prepare()
+    except (UnknownGameError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     train(cfg)

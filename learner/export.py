@@ -59,6 +59,8 @@ def read_weight_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
     truncated, not HDF5 or not a Keras weights file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PolicyFileError(f"{path} is a folder; give the weights file in it (e.g. {path / 'policy.h5'})")
     if not path.is_file():
         raise PolicyFileError(f"weights file {path} does not exist")
     try:

@@ -209,6 +209,10 @@ def test_play_rejects_bad_weights_files(policy, tmp_path, kind, message):
         ("train.py", ["--steps", "-5"], "--steps must be >= 1, got -5"),
         ("train.py", ["--gamma", "2"], "--gamma must be <= 1.0, got 2.0"),
         ("train.py", ["--game", "NotAGame"], "unknown Atari game 'NotAGame'"),
+        ("train.py", ["--learning-rate", "nan"], "--learning-rate must be a finite number, got nan"),
+        ("train.py", ["--steps", "100", "--warmup", "100"], "no update would run"),
+        ("play.py", ["--epsilon", "nan"], "--epsilon must be a finite number, got nan"),
+        ("play.py", ["--gif", "/proc/x.gif"], "cannot write to --gif's folder /proc"),
     ],
 )
 def test_out_of_range_flags(policy, tmp_path, script, args, message):
@@ -231,3 +235,27 @@ def test_train_refuses_to_overwrite_existing_output(tmp_path):
     assert "already exists" in line and "--overwrite" in line
     assert out.read_bytes() == b"an earlier run's network"
     assert not (tmp_path / "run").exists()
+
+
+def test_train_checks_every_path_before_training(tmp_path):
+    """A bad --output folder or --run-dir is found before any step (hours of training were lost
+    when the final save failed), and an earlier run's folder is never written over."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "episodes.csv").write_text("an earlier run's scores")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = ["--output", tmp_path / "new" / "policy.h5"]
+    cases = {
+        "cannot write to --output's folder /proc/nope": [*TRAIN_ARGS, "--output", "/proc/nope/policy.h5",
+                                                         "--run-dir", tmp_path / "run"],
+        "already holds a run; choose another --run-dir": [*TRAIN_ARGS, *out, "--run-dir", earlier],
+        "is a file; give a folder": [*TRAIN_ARGS, *out, "--run-dir", a_file],
+        "cannot write to --run-dir /proc/nope/run": [*TRAIN_ARGS, *out, "--run-dir", "/proc/nope/run"],
+    }
+    for message, args in cases.items():
+        proc = run(tmp_path, "train", [ROOT / "train.py", *args])
+        assert message in one_line_error(proc, "train.py"), message
+        assert "training" not in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("train.")) == ["a_file", "earlier"]
+    assert (earlier / "episodes.csv").read_text() == "an earlier run's scores" and len(list(earlier.iterdir())) == 1

@@ -126,3 +126,15 @@ def test_a_default_replay_shrinks_to_fit_memory_and_a_chosen_one_is_refused(
     with pytest.raises(launch.LaunchError, match="or fewer --num-actors"):
         prepared(3.5e9, base)  # not even 100,000 fit
     assert not (tmp_path / "run").exists()
+
+
+def test_switches_need_no_value_and_help_gives_each_default_once() -> None:
+    from config import build_parser, parse
+
+    assert parse(TrainConfig, ["--overwrite", "--dueling", "false"], "").overwrite is True  # a bare switch is on
+    assert parse(TrainConfig, ["--overwrite", "false"], "").overwrite is False
+    assert parse(Config, ["--dueling"], "").dueling is True
+    text = " ".join(build_parser(Config, "").format_help().split())
+    assert "(default: runs/<game>-<time>)" in text and "(default: runs/<game>-<time>) (default" not in text
+    assert "(default: CPU cores - 1) [1..4096]" in text and "[1..4096] (default" not in text
+    assert "512 at most) [1..8192] (default: 32)" in text  # flags without their own default note still get one

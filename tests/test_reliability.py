@@ -179,6 +179,7 @@ BAD_LAUNCH = {
     "replay too big for memory": (["--replay-capacity", "100000000"], "use at most about"),
     "unknown flag": (["--num-actor", "2"], "unrecognized arguments"),
     "gamma out of range": (["--gamma", "1.5"], "--gamma must be <= 1.0"),
+    "not a finite number": (["--gamma", "nan"], "--gamma must be a finite number, got nan"),  # it hung the run
     "precision": (["--learner-precision", "float16"], "invalid choice"),
 }
 
