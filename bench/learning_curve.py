@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=float, default=0.2,
                    help="fraction of the common time (or frames) at its end averaged for the ratios (default: 0.2)")
     p.add_argument("--work", default=None, help="folder for the two runs (default: a temporary one, kept)")
-    p.add_argument("--out", default="docs/learning_curve", help="output prefix: OUT.csv, OUT.png, OUT.json")
+    p.add_argument("--out", default="runs/bench/learning_curve",
+                   help="output prefix: OUT.csv, OUT.png, OUT.json; docs/learning_curve is the committed one "
+                        "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=("train", "launch"), default=None, help="run one trainer only (debugging)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --work")

@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--raw-seconds", type=float, default=3.0,
                    help="seconds of the raw-emulator reference, one core (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--plot", default="docs/scaling.png", help="where the PNG goes (default: %(default)s)")
-    p.add_argument("--json", metavar="PATH", default="docs/scaling.json",
+    p.add_argument("--plot", default="runs/bench/scaling.png",
+                   help="where the PNG goes; docs/scaling.png is the committed one (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", default="runs/bench/scaling.json",
                    help="where the data goes as JSON (default: %(default)s; '' for none)")
     args = p.parse_args(argv)
 
