@@ -32,6 +32,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> Pa
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others may read results, as with open()
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -45,6 +46,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> Pa
     finally:
         os.close(dir_fd)
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (no race with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_policy(model: Any, path: str | os.PathLike) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import kerasrl_compat  # noqa: F401  (Keras 2 before TensorFlow loads)
 
 # isort: split
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,9 +168,23 @@ def test_failed_write_leaves_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.h5"]
 
 
+def test_atomic_writes_get_the_usual_file_mode(model, tmp_path):
+    """Not mkstemp's 0600: a teammate must be able to read policy.h5, as any file open() makes."""
+    mask = os.umask(0o027)
+    try:
+        path = save_policy(model, tmp_path / "policy.h5")
+        plain = tmp_path / "plain"
+        plain.write_text("x")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o640
+
+
 def test_unreadable_policy_files(tmp_path):
     with pytest.raises(PolicyFileError, match="does not exist"):
         read_weight_shapes(tmp_path / "missing.h5")
+    with pytest.raises(PolicyFileError, match="is a folder; give the weights file in it"):
+        read_weight_shapes(tmp_path)
     text = tmp_path / "text.h5"
     text.write_text("not hdf5\n")
     with pytest.raises(PolicyFileError, match="not a readable weights file"):
