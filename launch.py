@@ -617,6 +617,30 @@ def _check_cluster(cfg: Config) -> None:
         found = f" (found {target})" if target != address else ""
         why = exc.strerror or str(exc) or type(exc).__name__
         raise LaunchError(f"--address {address}{found}: no Ray cluster answers there ({why}); {hint}") from None
+    if not target.startswith("ray://") and not _is_ray_head(host, int(port)):  # ray.init would hang on it
+        raise LaunchError(f"--address {address}: {host}:{port} answers, but not as a Ray head (it does not answer "
+                          f"Ray's GetClusterId call); give the head's address, port 6379 unless it "
+                          f"was started with another --port, or leave out --address")
+
+
+GCS_PROBE_SECONDS = 10.0
+
+
+def _is_ray_head(host: str, port: int) -> bool:
+    """Whether host:port serves Ray's GCS: its GetClusterId call (empty request) is answered. A web
+    server or a database never answers it, and ray.init would wait on them for minutes. True
+    without probing when Ray uses TLS, which a plain probe cannot speak."""
+    import grpc
+
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")
+        try:
+            call(b"", timeout=GCS_PROBE_SECONDS)
+        except grpc.RpcError as exc:  # a GCS that refuses us (token authentication) is still Ray's
+            return exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+    return True
 
 
 def _init_ray(cfg: Config) -> bool:

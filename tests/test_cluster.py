@@ -168,6 +168,27 @@ def test_an_address_nobody_answers_at_is_a_one_line_error(how: str, tmp_path: Pa
     assert not run_dir.exists(), "nothing may be written before the cluster answers"
 
 
+def test_an_address_where_something_else_answers_is_a_one_line_error(tmp_path: Path) -> None:
+    """A web server at the address: ray.init would wait on it for minutes; we say what it is at once."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    run_dir = tmp_path / "run"
+    try:
+        out = _launch(["--address", f"127.0.0.1:{server.server_port}", "--run-dir", str(run_dir)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "answers, but not as a Ray head" in lines[0] and "port 6379" in lines[0]
+    assert not run_dir.exists()
+
+
 def test_a_shipped_job_needs_an_absolute_run_dir(tmp_path: Path) -> None:
     job = json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}})
     out = _launch(["--address", f"127.0.0.1:{_unused_port()}", "--run-dir", "runs/x"],
