@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/learning_curve",
                    help="output prefix: OUT.csv, OUT.png, OUT.json; docs/learning_curve is the committed one "
                         "(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of both runs (default: %(default)s)")
     p.add_argument("--only", choices=("train", "launch"), default=None, help="run one trainer only (debugging)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --work")
     args = p.parse_args(argv)
