@@ -97,7 +97,8 @@ def main() -> int:
     parser.add_argument("--replay-capacity", type=int, default=100_000,
                         help="replay size; small so that it fills and wraps during the soak (default: 100000)")
     parser.add_argument("--learning-starts", type=int, default=5_000,
-                        help="agent steps before the learner starts (launch.py --learning-starts; default: %(default)s)")
+                        help="agent steps before the learner starts (launch.py --learning-starts; "
+                             "default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write the samples and the summary here")
     args = parser.parse_args()
 
