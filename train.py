@@ -153,7 +153,8 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run keras-rl's DQN on ``cfg.game``; return the path of the saved network."""
+    """Run keras-rl's DQN on ``cfg.game``; return the path of the saved network. ``cfg`` has been
+    through :meth:`TrainConfig.prepare`."""
     import random
 
     import numpy as np
@@ -165,8 +166,7 @@ def train(cfg: TrainConfig) -> Path:
     from learner.classic import make_dqn_agent
     from learner.export import write_atomically
 
-    cfg.prepare()
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir)  # filled in and checked by cfg.prepare(), which main() ran
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
