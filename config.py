@@ -177,9 +177,10 @@ class Config:
     and handed, unchanged, to the replay, learner and explorer actors."""
 
     # which settings to start from (flags given beside it override its values)
-    preset: str = flag("apex", "hyperparameter set: apex (Ape-X: n-step 3, prioritized replay, dueling double "
-                       "DQN, epsilon ladder, scaled to --num-actors) or classic (keras-rl dqn_atari.py: 1-step, "
-                       "uniform replay, annealed epsilon); every value is listed at the end of --help",
+    preset: str = flag("apex", "hyperparameter set: apex (Ape-X: n-step 3, prioritized replay, double DQN, "
+                       "epsilon ladder, scaled to --num-actors; keras-rl's plain Atari network) or classic "
+                       "(keras-rl dqn_atari.py: 1-step, uniform replay, annealed epsilon); every value is listed "
+                       "at the end of --help",
                        choices=("apex", "classic"))
     # what to play and for how long
     game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
@@ -226,8 +227,11 @@ class Config:
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
     grad_clip_norm: float = flag(40.0, "clip gradients to this global norm (0: off)", low=0.0)
     double_dqn: bool = flag(True, "double DQN targets (online network picks, target network evaluates)")
-    dueling: bool = flag(True, "dueling network, built as keras-rl's DQNAgent(enable_dueling_network=True) "
-                         "builds it, so policy.h5 loads there")
+    dueling: bool = flag(False, "keras-rl's dueling variant (DQNAgent(enable_dueling_network=True, "
+                         "dueling_type='avg')): on the Atari example network keras-rl puts V and A on the linear "
+                         "Dense(n_actions) layer, so Q is still one linear map of the 512 features (no capacity "
+                         "over the plain head), and policy.h5 loads only into keras-rl's dueling agent (see "
+                         "docs/learning.md); default off: the plain network every keras-rl Atari agent loads")
     target_update: int = flag(2_500, "copy the online network to the target every N learner steps "
                               "(2,500 updates = DQN's 10,000 agent steps at 4 steps per update)", low=1)
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
@@ -306,11 +310,14 @@ class Config:
 
 def _apex(cfg: Config) -> dict[str, Any]:
     """Ape-X (Horgan et al. 2018) on Adam, with what depends on the fleet scaled to it: 512-transition
-    batches and a 2M replay at Ape-X's scale, 32 per 4 explorers and 1M on one machine."""
+    batches and a 2M replay at Ape-X's scale, 32 per 4 explorers and 1M on one machine. Ape-X's dueling
+    head is left out: keras-rl's (the one a keras-rl agent can load) sits on the linear Dense(n_actions)
+    layer of this network, which adds no capacity, and the plain network is what every keras-rl Atari agent
+    loads."""
     return {
         "exploration": "ladder", "ladder_base": 0.4, "ladder_alpha": 7.0, "weight_sync_every": 400,
         "n_step": 3, "prioritized": True, "priority_alpha": 0.6, "priority_beta": 0.4,
-        "double_dqn": True, "dueling": True, "gamma": 0.99, "huber_delta": 1.0, "grad_clip_norm": 40.0,
+        "double_dqn": True, "dueling": False, "gamma": 0.99, "huber_delta": 1.0, "grad_clip_norm": 40.0,
         "learning_rate": 1e-4, "adam_epsilon": 1.5e-4, "target_update": 2_500, "samples_per_insert": 8.0,
         "learning_starts": 50_000,
         "batch_size": int(min(512, 32 * max(1, cfg.num_actors // 4))),

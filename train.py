@@ -57,7 +57,9 @@ class TrainConfig:
     snapshot_every: int = flag(
         0, "keep RUN_DIR/snapshots/policy-<step>.h5 every N steps for learning curves (0: off)", low=0
     )
-    dueling: bool = flag(False, "dueling network (keras-rl enable_dueling_network, dueling_type avg)")
+    dueling: bool = flag(False, "keras-rl's dueling variant (enable_dueling_network, dueling_type avg): on this "
+                         "network it adds no capacity over the plain head and the file loads only into a dueling "
+                         "agent (see docs/learning.md)")
     double_dqn: bool = flag(False, "double DQN targets (keras-rl enable_double_dqn; dqn_atari.py leaves it off)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
     seed: int = flag(0, "random seed for the emulator, exploration and network init", low=0)

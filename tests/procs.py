@@ -1,13 +1,22 @@
-"""Finding this test session's own Ray worker processes (to kill them in failure tests)."""
+"""Helpers for tests that run processes: this session's own Ray workers (to kill them in failure
+tests) and keras-rl as its users run it (``tests/stock_kerasrl.py``)."""
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STOCK_KERASRL = Path(__file__).resolve().parent / "stock_kerasrl.py"
 
 
 def session_actor_pids(title: str) -> list[int]:
     """PIDs of this test session's Ray workers whose process title starts with ``title``
     (e.g. ``ray::Explorer``): children of our own raylet only, never another session's."""
-    import subprocess
-
     import ray
 
     raylets = {p.process.pid for p in ray._private.worker._global_node.all_processes["raylet"]}
@@ -18,3 +27,36 @@ def session_actor_pids(title: str) -> list[int]:
         if int(ppid) in raylets and args.startswith(title):
             pids.append(int(pid))
     return pids
+
+
+def h5_abs_sum(path: Path) -> float:
+    """Sum of |value| over every dataset of an HDF5 file: what a model that loaded it must hold."""
+    import h5py
+    import numpy as np
+
+    sums: list[float] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda _, obj: sums.append(float(np.abs(obj[()]).astype(np.float64).sum()))
+                     if isinstance(obj, h5py.Dataset) else None)
+    return sum(sums)
+
+
+def stock_kerasrl(paths: list[Path], cwd: Path) -> dict[str, dict[str, float]]:
+    """Run keras-rl's dqn_atari.py agent (``stock_kerasrl.py``) on ``paths`` as a user would: a fresh
+    process outside the repository, with neither PYTHONPATH nor TF_USE_LEGACY_KERAS set, so nothing of
+    ours can be imported. Asserts every file loaded and played; returns each file's STOCK_OK fields."""
+    source = STOCK_KERASRL.read_text()
+    assert not re.search(r"^\s*(from|import) (kerasrl_compat|actors|learner|replay|config|train|play|launch)\b",
+                         source, re.M), "the stock check must import nothing of ours"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
+    proc = subprocess.run([sys.executable, str(STOCK_KERASRL), *map(str, paths)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    found = {}
+    for match in re.finditer(r"^STOCK_OK file=(\S+) (.*)$", proc.stdout, re.M):
+        found[match[1]] = {k: float(v) for k, v in (kv.split("=") for kv in match[2].split())}
+    assert sorted(found) == sorted(map(str, paths)), proc.stdout
+    for path in paths:  # the file's values are what the agent holds: it really loaded them
+        assert found[str(path)]["weight_abs_sum"] == pytest.approx(h5_abs_sum(path), rel=1e-6)
+        assert 0 < found[str(path)]["steps"] <= 300
+    return found
