@@ -41,15 +41,16 @@ def h5_abs_sum(path: Path) -> float:
     return sum(sums)
 
 
-def stock_kerasrl(paths: list[Path], cwd: Path) -> dict[str, dict[str, float]]:
+def stock_kerasrl(paths: list[Path], cwd: Path, *args: str) -> dict[str, dict[str, float]]:
     """Run keras-rl's dqn_atari.py agent (``stock_kerasrl.py``) on ``paths`` as a user would: a fresh
     process outside the repository, with neither PYTHONPATH nor TF_USE_LEGACY_KERAS set, so nothing of
-    ours can be imported. Asserts every file loaded and played; returns each file's STOCK_OK fields."""
+    ours can be imported; ``args`` go to the script (``--dueling``). Asserts every file loaded and
+    played; returns each file's STOCK_OK fields."""
     source = STOCK_KERASRL.read_text()
     assert not re.search(r"^\s*(from|import) (kerasrl_compat|actors|learner|replay|config|train|play|launch)\b",
                          source, re.M), "the stock check must import nothing of ours"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
-    proc = subprocess.run([sys.executable, str(STOCK_KERASRL), *map(str, paths)], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, str(STOCK_KERASRL), *map(str, paths), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     found = {}

@@ -1,6 +1,6 @@
 """keras-rl as its users have it: does a ``policy.h5`` load into ``examples/dqn_atari.py``?
 
-Usage: python stock_kerasrl.py POLICY_H5 [POLICY_H5 ...] [--max-steps N]
+Usage: python stock_kerasrl.py POLICY_H5 [POLICY_H5 ...] [--max-steps N] [--dueling]
 
 This is keras-rl2's ``examples/dqn_atari.py`` in ``--mode test``, as someone who has never
 seen this repository runs it on today's stack. It imports nothing from this repository and
@@ -16,8 +16,12 @@ applies only what every keras-rl2 user on TensorFlow >= 2.16 must:
 Everything else is the example: its network, its ``AtariProcessor``, ``SequentialMemory``,
 the ``DQNAgent`` arguments, ``Adam(lr=.00025)`` and ``dqn.load_weights(path)``. Each file then
 plays one game with ``dqn.test`` (capped at ``--max-steps``: a barely trained greedy agent may
-never press FIRE). Per file a line ``STOCK_OK file=... weight_abs_sum=... reward=... steps=...``;
-exit 0 only when every file loaded and played.
+never press FIRE). ``--dueling`` makes the two changes docs/learning.md gives a keras-rl user for
+a ``--dueling true`` file: ``enable_dueling_network=True, dueling_type="avg"`` and tf_keras's safe
+mode off before ``compile`` (keras-rl clones its own dueling Lambda layer).
+
+Per file a line ``STOCK_OK file=... weight_abs_sum=... reward=... steps=...``; exit 0 only
+when every file loaded and played.
 """
 
 import argparse
@@ -88,8 +92,8 @@ class OldGymApi:
         self.env.close()
 
 
-def build_agent(nb_actions):
-    """The example's model and agent, argument for argument."""
+def build_agent(nb_actions, dueling=False):
+    """The example's model and agent, argument for argument (keras-rl's dueling head on top if asked)."""
     model = Sequential()
     model.add(Permute((2, 3, 1), input_shape=(WINDOW_LENGTH,) + INPUT_SHAPE))
     model.add(Convolution2D(32, (8, 8), strides=(4, 4)))
@@ -108,7 +112,9 @@ def build_agent(nb_actions):
                                   nb_steps=1000000)
     dqn = DQNAgent(model=model, nb_actions=nb_actions, policy=policy, memory=memory,
                    processor=AtariProcessor(), nb_steps_warmup=50000, gamma=0.99, target_model_update=10000,
-                   train_interval=4, delta_clip=1.0)
+                   train_interval=4, delta_clip=1.0, enable_dueling_network=dueling, dueling_type="avg")
+    if dueling:
+        tf_keras.__internal__.enable_unsafe_deserialization()
     dqn.compile(Adam(lr=0.00025), metrics=["mae"])
     return dqn
 
@@ -117,12 +123,13 @@ def main():
     parser = argparse.ArgumentParser(description="Load policy.h5 files into keras-rl's dqn_atari.py agent and play.")
     parser.add_argument("weights", nargs="+")
     parser.add_argument("--max-steps", type=int, default=300, help="agent-step cap of each test game")
+    parser.add_argument("--dueling", action="store_true", help="keras-rl's dueling agent, for --dueling true files")
     args = parser.parse_args()
 
     gymnasium.register_envs(ale_py)
     env = OldGymApi(gymnasium.make("ALE/Breakout-v5", frameskip=4, repeat_action_probability=0.0))
     np.random.seed(123)
-    dqn = build_agent(env.action_space.n)
+    dqn = build_agent(env.action_space.n, args.dueling)
     failed = 0
     for path in args.weights:
         try:

@@ -15,10 +15,13 @@ import kerasrl_compat  # noqa: F401  (Keras 2 before TensorFlow loads)
 import h5py
 import numpy as np
 import pytest
-from test_classic import REFERENCE, ROOT, ok, run
+from procs import stock_kerasrl
+from test_classic import ROOT, ok, run
 
 from learner.export import is_dueling_file, read_weight_shapes, save_policy
 from learner.network import INPUT_SHAPE, build_q_network
+
+REFERENCE = ROOT / "tests" / "reference" / "kerasrl_play.py"  # keras-rl's dueling agent, with Q-values
 
 N_ACTIONS = 4
 
@@ -160,6 +163,14 @@ def test_train_snapshots(trained_dueling):
         # the last snapshot, at step 300, is the final network
         a.visititems(lambda name, obj: np.testing.assert_array_equal(obj[()], b[name][()])
                      if isinstance(obj, h5py.Dataset) else None)
+
+
+def test_stock_keras_rl_loads_a_dueling_file_as_the_docs_say(trained_dueling, tmp_path):
+    """docs/learning.md's two changes to dqn_atari.py load a --dueling true file; without them it is refused."""
+    work, _ = trained_dueling
+    stock_kerasrl([work / "policy.h5"], tmp_path, "--dueling")
+    with pytest.raises(AssertionError, match="Layer count mismatch"):
+        stock_kerasrl([work / "policy.h5"], tmp_path)
 
 
 def test_play_detects_the_dueling_file(trained_dueling, tmp_path):
