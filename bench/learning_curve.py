@@ -61,13 +61,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="output prefix: OUT.csv, OUT.png, OUT.json; docs/learning_curve is the committed one "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of both runs (default: %(default)s)")
-    p.add_argument("--only", choices=("train", "launch"), default=None, help="run one trainer only (debugging)")
+    p.add_argument("--only", choices=("train", "launch"), default=None,
+                   help="run one trainer only (with --baseline-csv: launch.py against an earlier keras-rl run)")
+    p.add_argument("--baseline-csv", default=None,
+                   help="take keras-rl's rows from this earlier OUT.csv instead of running train.py (with --only "
+                        "launch; docs/learning_curve.csv holds one)")
+    p.add_argument("--compare-csv", default=None,
+                   help="draw the launch.py rows of this earlier OUT.csv beside this run's (e.g. a previous default)")
+    p.add_argument("--compare-label", default="launch.py, earlier run",
+                   help="legend label of the --compare-csv curve (default: %(default)s)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --work")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.eval_episodes < 1 or args.snapshots < 2:
         p.error("--minutes must be > 0, --eval-episodes >= 1, --snapshots >= 2")
     if args.evaluate_only and not args.work:
         p.error("--evaluate-only needs --work (the folder of an earlier run)")
+    if args.baseline_csv and args.only != "launch":
+        p.error("--baseline-csv replaces the train.py run: give it with --only launch")
+    for path in (args.baseline_csv, args.compare_csv):
+        if path and not Path(path).is_file():
+            p.error(f"no such file: {path}")
     return args
 
 
@@ -140,6 +153,15 @@ def evaluate_all(args: argparse.Namespace, work: Path) -> list[dict]:
     return results
 
 
+def earlier_rows(path: str, prefix: str, label: str | None = None) -> list[dict]:
+    """Rows of an earlier OUT.csv whose trainer starts with ``prefix`` (renamed ``label`` if given)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["trainer"].startswith(prefix)]
+    numeric = ("env_steps", "frames", "learner_steps", "episodes", "truncated")
+    return [{**r, **{k: int(r[k]) for k in numeric}, **{k: float(r[k]) for k in ("wall_seconds", "mean", "min", "max")},
+             "trainer": label or r["trainer"]} for r in rows]
+
+
 def tail_mean(rows: list[dict], key: str, end: float, window: float) -> float | None:
     """Mean of the score curve (linear between snapshots) over the last ``window`` fraction of [0, end]."""
     import numpy as np
@@ -164,6 +186,11 @@ def summarise(rows: list[dict], window: float) -> dict:
         a, b = tail_mean(ds, key, end, window), tail_mean(kr, key, end, window)
         ratio = a / b if a is not None and b not in (None, 0) else None
         out[name] = {"at": end, "distributed": a, "keras_rl": b, "ratio": ratio}
+    for label in sorted({r["trainer"] for r in rows} - {"keras-rl train.py", "distributed launch.py"}):
+        other = [r for r in rows if r["trainer"] == label]  # an earlier run drawn beside: same points in time
+        out.setdefault("compared", {})[label] = {name: tail_mean(other, key, end, window) for name, key, end in
+                                                 (("equal_wall_time", "wall_seconds", t_end),
+                                                  ("equal_frames", "frames", f_end))}
     wall, frames = out["equal_wall_time"], out["equal_frames"]
     out["targets"] = {
         "wall_2x": common.verdict(wall["ratio"] is not None and wall["ratio"] >= 2.0),
@@ -180,7 +207,9 @@ def plot(rows: list[dict], path: Path, minutes: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for trainer, style in (("keras-rl train.py", "o-"), ("distributed launch.py", "s-")):
+    compared = sorted({r["trainer"] for r in rows} - {"keras-rl train.py", "distributed launch.py"})
+    styles = [("keras-rl train.py", "o-"), ("distributed launch.py", "s-"), *((c, "^--") for c in compared)]
+    for trainer, style in styles:
         mine = sorted((r for r in rows if r["trainer"] == trainer), key=lambda r: r["env_steps"])
         if not mine:
             continue
@@ -210,6 +239,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.only in (None, "launch"):
             train_one("launch", launch_argv(args, work / "launch"), work / "launch", seconds)
     rows = evaluate_all(args, work)
+    if args.baseline_csv:
+        rows = earlier_rows(args.baseline_csv, "keras-rl") + rows
+    if args.compare_csv:
+        rows += earlier_rows(args.compare_csv, "distributed", args.compare_label)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
