@@ -51,9 +51,11 @@ def rss_by_role(driver_pid: int) -> dict[str, float]:
 
 def object_store() -> tuple[float, float]:
     """(MiB in the object store, MiB spilled to disk) from Ray's memory summary."""
+    import ray
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    # this run's own Ray: without the address Ray refuses when several instances run on the machine
+    text = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
     used = re.search(r"Plasma memory usage (\d+) MiB", text)
     spilled = re.search(r"Spilled (\d+) MiB", text)
     return float(used.group(1)) if used else 0.0, float(spilled.group(1)) if spilled else 0.0
