@@ -185,8 +185,8 @@ class AtariEnv(gymnasium.Env):
         return self.ale.getScreenRGB()
 
     def close(self) -> None:
-        """Close the emulator and drop it at once. An env that outlives its game (play.py's
-        GIF recorder keeps one until exit) would otherwise hold ALE's C++ object into the
+        """Close the emulator and drop it at once. An env object still alive at exit (play.py
+        --gif left one, through its GIF recorder) would otherwise hold ALE's C++ object into the
         interpreter's shutdown, where nanobind prints a 'leaked instance' report."""
         if self._env is not None:
             self._env.close()
