@@ -15,6 +15,7 @@ import re
 import sys
 import tempfile
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
+
+# Library warnings that tell a user of this project nothing they can act on, silenced here (every
+# entry point and Ray actor imports this module first), each by category, message and the module
+# that raises it, so that any other warning still reaches the terminal.
+QUIET_WARNINGS = (
+    # keras-rl2's agents compile a Keras 2 training function in graph mode, and tf_keras reads its
+    # own deprecated property while doing so: printed with its source line by every play/train.
+    (UserWarning, r"`Model\.state_updates` will be removed", r"tf_keras\."),
+)
+for _category, _message, _module in QUIET_WARNINGS:
+    warnings.filterwarnings("ignore", message=_message, category=_category, module=_module)
 
 #: Environment every process of ours (Ray workers, subprocesses) must start with.
 PROCESS_ENV = {

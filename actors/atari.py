@@ -185,7 +185,12 @@ class AtariEnv(gymnasium.Env):
         return self.ale.getScreenRGB()
 
     def close(self) -> None:
-        self._env.close()
+        """Close the emulator and drop it at once. An env object still alive at exit (play.py
+        --gif left one, through its GIF recorder) would otherwise hold ALE's C++ object into the
+        interpreter's shutdown, where nanobind prints a 'leaked instance' report."""
+        if self._env is not None:
+            self._env.close()
+        self._env = self.ale = None
 
 
 def make_env(
