@@ -119,7 +119,7 @@ def main() -> int:
     from learner.network import build_q_network
 
     try:
-        check_policy_file(run_dir / "policy.h5", build_q_network(4, dueling=True))  # the apex preset
+        check_policy_file(run_dir / "policy.h5", build_q_network(4))  # the apex preset's plain network
         report["policy_ok"] = True
     except PolicyFileError as exc:
         report["policy_ok"] = str(exc)

@@ -82,7 +82,7 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     assert final_learner["steps"] == last["learner_steps"] and final_driver["generation"] == 1
     from learner.export import is_dueling_shapes, read_weight_shapes
 
-    assert is_dueling_shapes(read_weight_shapes(run / "policy.h5"))  # whole, and the apex preset's network
+    assert not is_dueling_shapes(read_weight_shapes(run / "policy.h5"))  # whole: the apex preset's plain network
 
 
 def test_policy_h5_survives_kills_during_export(tmp_path: Path) -> None:
