@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-PRECISIONS = ("auto", "float32", "bfloat16")  # of the networks' arithmetic (learner.network)
-PRIORITIES = ("idle", "low", "normal")  # CPU priority of explorers and the evaluator (actors.priority)
+PRECISIONS = ("auto", "float32", "bfloat16")  # of the networks' arithmetic (core.network)
+PRIORITIES = ("idle", "low", "normal")  # CPU priority of explorers and the evaluator (actors.cpu_priority)
 
 
 def flag(

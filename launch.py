@@ -25,8 +25,8 @@ from typing import Any
 
 import kerasrl_compat
 from config import Config, apply_preset, check_ranges, check_run_dir, given_flags, hms, parse, preset_table
+from core.atomic import write_atomically
 from learner.checkpoint import CHECKPOINT
-from learner.export import write_atomically
 
 EPILOG = """run directory (--run-dir):
   policy.h5        newest Q-network, keras-rl DQNAgent format (every --export-every learner steps, and at the end)
@@ -185,12 +185,12 @@ class Driver:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from actors.atari import make_env
         from actors.evaluator import Evaluator
         from actors.explorer import Explorer
-        from learner.export import SnapshotWriter
+        from core.atari import make_env
+        from core.network import build_q_network
+        from core.policy_file import SnapshotWriter
         from learner.learner import Learner
-        from learner.network import build_q_network
         from replay.server import ReplayServer
 
         self.cfg, self.run_dir, self.ray = cfg, run_dir, ray
@@ -427,7 +427,7 @@ class Driver:
 
     def _evaluation_done(self) -> None:
         """Log an evaluation; a new best network also goes to RUN_DIR/best-policy.h5."""
-        from learner.export import save_policy
+        from core.policy_file import save_policy
 
         future, version, weights, env_steps, learner_steps = self.eval_future
         self.eval_future = None
@@ -543,7 +543,7 @@ class Driver:
 
     def export(self) -> Path:
         """Write RUN_DIR/policy.h5 from the learner's newest weights, atomically."""
-        from learner.export import save_policy
+        from core.policy_file import save_policy
 
         version, weights = self.ray.get(self.learner.get_weights.remote())
         self.export_model.set_weights(weights)
@@ -776,7 +776,7 @@ def _resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[d
 
 def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict] | None]:
     """Every check that needs no Ray, done before anything is written."""
-    from actors.atari import UnknownGameError, rom_id
+    from core.atari import UnknownGameError, rom_id
 
     resume = None
     given: set[str] = set()

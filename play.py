@@ -59,7 +59,7 @@ class GifRecorder:
             self.frames.append(Image.fromarray(self.env.render()).quantize(colors=64))
 
     def save(self, path: str, fps: int) -> None:
-        from learner.export import write_atomically
+        from core.atomic import write_atomically
 
         first, rest = self.frames[0], self.frames[1:]
         duration = round(1000 / fps)
@@ -78,9 +78,9 @@ def play(cfg: PlayConfig) -> list[float]:
     from rl.memory import SequentialMemory
     from rl.policy import EpsGreedyQPolicy, GreedyQPolicy
 
-    from actors.atari import make_env
+    from core.atari import make_env
+    from core.policy_file import check_policy_file, is_dueling_file
     from learner.classic import make_dqn_agent
-    from learner.export import check_policy_file, is_dueling_file
 
     if cfg.seed is not None:
         np.random.seed(cfg.seed)
@@ -138,8 +138,8 @@ def play(cfg: PlayConfig) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(PlayConfig, argv, __doc__, EPILOG, prog="play.py")
-    from actors.atari import UnknownGameError, rom_id
-    from learner.export import PolicyFileError, read_weight_shapes
+    from core.atari import UnknownGameError, rom_id
+    from core.policy_file import PolicyFileError, read_weight_shapes
 
     try:
         rom_id(cfg.game)  # fail fast, before TensorFlow starts

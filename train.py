@@ -90,8 +90,9 @@ class TrainConfig:
 def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
     from rl.callbacks import Callback
 
+    from core.atomic import write_atomically
+    from core.policy_file import SnapshotWriter
     from learner.classic import kerasrl_train_steps
-    from learner.export import SnapshotWriter, write_atomically
 
     class RunLog(Callback):
         """Progress lines, the raw-score CSV and periodic checkpoints."""
@@ -164,9 +165,9 @@ def train(cfg: TrainConfig) -> Path:
     from rl.memory import SequentialMemory
     from rl.policy import EpsGreedyQPolicy, LinearAnnealedPolicy
 
-    from actors.atari import make_env
+    from core.atari import make_env
+    from core.atomic import write_atomically
     from learner.classic import make_dqn_agent
-    from learner.export import write_atomically
 
     run_dir = Path(cfg.run_dir)  # filled in and checked by cfg.prepare(), which main() ran
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(TrainConfig, argv, __doc__, EPILOG, prog="train.py")
-    from actors.atari import UnknownGameError, rom_id
+    from core.atari import UnknownGameError, rom_id
 
     try:
         rom_id(cfg.game)

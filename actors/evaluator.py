@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 import kerasrl_compat
-from actors.atari import FRAME_SHAPE, WINDOW, AtariEnv, make_env
-from actors.priority import yield_cpu
+from actors.cpu_priority import yield_cpu
+from core.atari import AtariEnv, make_env
+from core.frames import FRAME_SHAPE, WINDOW
 
 SEED_LIMIT = 2**31 - 1  # ALE takes its seed as a 32-bit signed int
 
@@ -45,9 +46,9 @@ class Evaluator:
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         kerasrl_compat.load_tensorflow()
-        from learner.network import build_q_network, q_function
+        from core.network import build_q_network, q_function
 
-        yield_cpu(priority)  # it plays beside the learner: actors.priority says why
+        yield_cpu(priority)  # it plays beside the learner: actors.cpu_priority says why
         self.game = game
         self.n_actions = n_actions
         self.dueling = dueling
@@ -151,7 +152,7 @@ def evaluate_policy_file(
     The same ``seed`` gives every file the same game seeds, so snapshots of one run are
     compared on the same no-op starts. Raises ``PolicyFileError`` for a file that does not fit.
     """
-    from learner.export import check_policy_file, is_dueling_shapes, read_weight_shapes
+    from core.policy_file import check_policy_file, is_dueling_shapes, read_weight_shapes
 
     dueling = is_dueling_shapes(read_weight_shapes(path))
     probe = make_env(game, training=False)

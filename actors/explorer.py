@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 import kerasrl_compat
-from actors.atari import FRAME_SHAPE, WINDOW, make_env
+from actors.cpu_priority import yield_cpu
 from actors.nstep import nstep_targets
-from actors.priority import yield_cpu
 from config import Config
+from core.atari import make_env
+from core.frames import FRAME_SHAPE, WINDOW
 from replay.server import resolve_actor
 
 kerasrl_compat.prepare_rl()
@@ -110,7 +111,7 @@ class Explorer:
         # TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS in this actor's environment, because
         # TensorFlow is already initialised by the time this constructor runs.
         kerasrl_compat.load_tensorflow()
-        from learner.network import build_q_network, q_function
+        from core.network import build_q_network, q_function
 
         yield_cpu(cfg.explorer_priority)
         self.cfg = cfg

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{tf.config.threading.get_inter_op_parallelism_threads()}; in-process Explorer, replay push stubbed")
     ks = [int(k) for k in args.envs.split(",")]
     precisions = args.precision.split(",")
-    from learner.network import resolve_precision
+    from core.network import resolve_precision
 
     print("explorer inference: " + ", ".join(f"{pr} = {resolve_precision(pr)}" for pr in precisions))
     settings = {f"K={k}" + (f" {pr}" if pr != precisions[0] else ""): (k, pr) for pr in precisions for k in ks}

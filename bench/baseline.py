@@ -38,7 +38,7 @@ def child(args: argparse.Namespace) -> None:
     from rl.memory import SequentialMemory
     from rl.policy import EpsGreedyQPolicy, LinearAnnealedPolicy
 
-    from actors.atari import make_env
+    from core.atari import make_env
     from learner.classic import make_dqn_agent
 
     random.seed(args.seed)

@@ -162,9 +162,9 @@ def ale_vector(seed: int = 0, num_envs: int = 32) -> Callable[[float], float]:
 
 
 def ours_env(seed: int = 0) -> Callable[[float], float]:
-    """The project's training env (``actors.atari.make_env(training=True)``): max-pooled frame
+    """The project's training env (``core.atari.make_env(training=True)``): max-pooled frame
     skip 4, 84x84 grayscale via Pillow, no-op starts, FIRE on reset, episodic life, clipping."""
-    from actors.atari import make_env
+    from core.atari import make_env
 
     env = make_env("Breakout", training=True, seed=seed)
     env.reset()

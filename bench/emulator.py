@@ -5,7 +5,7 @@ and interleaved round by round (so load from other processes falls on all of the
 
   ale      ale_py ALEInterface, act() x4 per step, no screen read: the physical limit
   gym      gymnasium ALE/Breakout-v5 (frameskip=4, repeat_action_probability=0, obs_type rgb)
-  ours     actors.atari.make_env(training=True): max-pooled skip, 84x84 gray (Pillow), episodic life
+  ours     core.atari.make_env(training=True): max-pooled skip, 84x84 gray (Pillow), episodic life
   alevec   ale-py's C++ AtariVectorEnv, 32 envs, one thread, the same preprocessing done in C++:
            the library alternative to our env (its resize is not Pillow's, so its pixels differ)
 

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.update(kerasrl_compat.PROCESS_ENV)
     import ray
 
-    from learner.network import build_q_network
+    from core.network import build_q_network
     from replay.server import ReplayServer
 
     counts = [int(x) for x in args.explorers.split(",")]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.export import write_atomically
+from core.atomic import write_atomically
 
 CHECKPOINT = "checkpoint.npz"
 FORMAT = "distributed-dqn-checkpoint/1"

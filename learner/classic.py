@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 import kerasrl_compat
-from learner.network import build_q_network
+from core.network import build_q_network
 
 kerasrl_compat.prepare_rl()
 from rl.core import Processor  # noqa: E402
@@ -21,7 +21,7 @@ from rl.core import Processor  # noqa: E402
 class AtariProcessor(Processor):
     """keras-rl's Atari example processor, minus the work our env already does.
 
-    Frames arrive as 84x84 uint8 (``actors.atari``) and training envs already clip rewards,
+    Frames arrive as 84x84 uint8 (``core.atari``) and training envs already clip rewards,
     so what is left is scaling stacked states to [0, 1] just before the network.
     """
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 import kerasrl_compat
-from actors.atari import FRAME_SHAPE, WINDOW
 from config import Config
+from core.frames import FRAME_SHAPE, WINDOW
 from replay.server import resolve_actor
 
 PREFETCH = 2  # replay sample calls kept in flight
@@ -31,7 +31,7 @@ class Learner:
 
         # --learner-threads reaches TensorFlow as TF_NUM_INTRAOP_THREADS in this actor's
         # environment (launch.py): TensorFlow is initialised before this constructor runs.
-        from learner.network import build_q_network, resolve_precision
+        from core.network import build_q_network, resolve_precision
 
         tf.random.set_seed(cfg.seed)
         self.cfg = cfg
@@ -187,7 +187,7 @@ class Learner:
 
     def arithmetic(self) -> str:
         """What the learner computes in and why, for the driver's start-up line."""
-        from learner.network import native_bfloat16
+        from core.network import native_bfloat16
 
         if self.cfg.learner_precision != "auto":
             return self.precision

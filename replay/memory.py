@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from core.frames import FRAME_SHAPE, WINDOW
 from replay.sumtree import SumTree
 
 # Per-entry flag bits, computed once at add time so sampling never needs evicted neighbours.
@@ -142,8 +143,8 @@ class ReplayMemory:
         self,
         capacity: int,
         num_streams: int,
-        window: int = 4,
-        frame_shape: tuple[int, int] = (84, 84),
+        window: int = WINDOW,
+        frame_shape: tuple[int, int] = FRAME_SHAPE,
         seed: int | None = None,
         n_step: int = 1,
         priority_alpha: float | None = None,

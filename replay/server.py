@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import ray
 
+from core.atomic import write_atomically
+from core.frames import FRAME_SHAPE, WINDOW
 from replay.memory import Batch, PackedBatch, ReplayMemory, tune_malloc
 
 
@@ -24,8 +26,8 @@ class ReplayServer:
         self,
         capacity: int,
         num_streams: int,
-        window: int = 4,
-        frame_shape: tuple[int, int] = (84, 84),
+        window: int = WINDOW,
+        frame_shape: tuple[int, int] = FRAME_SHAPE,
         seed: int | None = None,
         n_step: int = 1,
         priority_alpha: float | None = None,
@@ -41,8 +43,6 @@ class ReplayServer:
 
     def save(self, path: str) -> int:
         """Write the whole memory to ``path`` (atomically); return the transitions saved."""
-        from learner.export import write_atomically
-
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **self.memory.state_dict())

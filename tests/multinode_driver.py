@@ -115,8 +115,8 @@ def main() -> int:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
-    from learner.export import PolicyFileError, check_policy_file
-    from learner.network import build_q_network
+    from core.network import build_q_network
+    from core.policy_file import PolicyFileError, check_policy_file
 
     try:
         check_policy_file(run_dir / "policy.h5", build_q_network(4))  # the apex preset's plain network

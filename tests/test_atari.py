@@ -1,4 +1,4 @@
-"""actors.atari on the real ALE emulator: frames, game names, lives, rewards, seeding."""
+"""core.atari on the real ALE emulator: frames, game names, lives, rewards, seeding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.atari import FRAME_SHAPE, AtariEnv, UnknownGameError, make_env, rom_id
+from core.atari import FRAME_SHAPE, AtariEnv, UnknownGameError, make_env, rom_id
 
 BREAKOUT_ACTIONS = ["NOOP", "FIRE", "RIGHT", "LEFT"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import kerasrl_compat
-from actors.atari import make_env
+from core.atari import make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ AGENT_CODE = """
 import json
 import numpy as np
 import kerasrl_compat
-from actors.atari import make_env
+from core.atari import make_env
 from learner.classic import make_dqn_agent  # applies prepare_rl() before any rl import below
 from rl.agents.dqn import AbstractDQNAgent
 from rl.callbacks import Callback

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from procs import session_actor_pids, stock_kerasrl
 
-from actors.atari import make_env
+from actors.cpu_priority import yield_cpu
 from actors.explorer import Explorer, stream_epsilon
-from actors.priority import yield_cpu
 from config import Config
+from core.atari import make_env
 from replay.memory import Batch
 from replay.server import ReplayServer
 
@@ -74,7 +74,7 @@ def test_yield_cpu_reaches_every_thread_and_the_threads_started_later() -> None:
     """Explorers lower every thread, those TensorFlow and Ray started before included."""
     code = (
         "import json, sys, threading\n"
-        "from actors.priority import yield_cpu\n"
+        "from actors.cpu_priority import yield_cpu\n"
         "from test_distributed import thread_policies\n"
         "stop = threading.Event()\n"
         "early = threading.Thread(target=stop.wait)\n"

@@ -18,8 +18,8 @@ import pytest
 from procs import stock_kerasrl
 from test_classic import ROOT, ok, run
 
-from learner.export import is_dueling_file, read_weight_shapes, save_policy
-from learner.network import INPUT_SHAPE, build_q_network
+from core.network import INPUT_SHAPE, build_q_network
+from core.policy_file import is_dueling_file, read_weight_shapes, save_policy
 
 REFERENCE = ROOT / "tests" / "reference" / "kerasrl_play.py"  # keras-rl's dueling agent, with Q-values
 

@@ -9,10 +9,10 @@ import kerasrl_compat  # noqa: F401  (Keras 2 before TensorFlow loads)
 import numpy as np
 import pytest
 
-from actors.atari import make_env
 from actors.evaluator import Evaluator, evaluate_policy_file
-from learner.export import PolicyFileError, save_policy
-from learner.network import build_q_network
+from core.atari import make_env
+from core.network import build_q_network
+from core.policy_file import PolicyFileError, save_policy
 
 NOOP, FIRE, RIGHT, LEFT = range(4)  # Breakout's actions; SpaceInvaders' FIRE is 1 too
 

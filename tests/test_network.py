@@ -1,4 +1,4 @@
-"""learner.network and learner.export in-process (eager TensorFlow; no rl.agents here)."""
+"""core.network and core.policy_file in-process (eager TensorFlow; no rl.agents here)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from learner.export import (
+from core.network import INPUT_SHAPE, build_q_network, native_bfloat16, q_function, resolve_precision
+from core.policy_file import (
     PolicyFileError,
     SnapshotWriter,
     check_policy_file,
@@ -22,13 +23,12 @@ from learner.export import (
     save_policy,
     write_atomically,
 )
-from learner.network import INPUT_SHAPE, build_q_network, native_bfloat16, q_function, resolve_precision
 
 ATARI_PARAMS = 1_686_180  # keras-rl's Atari example network with 4 actions
 
 
 def keras_rl_example_model(nb_actions: int):
-    """Built the way keras-rl's examples/dqn_atari.py builds it, independently of learner.network."""
+    """Built the way keras-rl's examples/dqn_atari.py builds it, independently of core.network."""
     from tensorflow.keras.layers import Activation, Convolution2D, Dense, Flatten, Permute
     from tensorflow.keras.models import Sequential
 

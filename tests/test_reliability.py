@@ -80,7 +80,7 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     assert last["games"] >= driver_state["games"]
     final_learner, final_driver = load_checkpoint(run)
     assert final_learner["steps"] == last["learner_steps"] and final_driver["generation"] == 1
-    from learner.export import is_dueling_shapes, read_weight_shapes
+    from core.policy_file import is_dueling_shapes, read_weight_shapes
 
     assert not is_dueling_shapes(read_weight_shapes(run / "policy.h5"))  # whole: the apex preset's plain network
 
@@ -92,15 +92,15 @@ def test_policy_h5_survives_kills_during_export(tmp_path: Path) -> None:
     writer.write_text(
         "import sys\n"
         "import kerasrl_compat\n"
-        "from learner.network import build_q_network\n"
-        "from learner.export import save_policy\n"
+        "from core.network import build_q_network\n"
+        "from core.policy_file import save_policy\n"
         "model = build_q_network(4)\n"
         "save_policy(model, sys.argv[1])\n"
         "print('ready', flush=True)\n"
         "while True:\n"
         "    save_policy(model, sys.argv[1])\n"
     )
-    from learner.export import read_weight_shapes
+    from core.policy_file import read_weight_shapes
 
     rng = np.random.default_rng(0)
     for _ in range(6):
@@ -155,8 +155,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with config.json, checkpoint.npz and policy.h5, as launch.py leaves one."""
     from config import Config
+    from core.policy_file import save_policy
     from learner.checkpoint import save_checkpoint
-    from learner.export import save_policy
     from learner.learner import Learner
 
     run = tmp_path_factory.mktemp("finished")

@@ -1,65 +1,25 @@
 """``policy.h5``: the file every trainer writes and keras-rl's ``DQNAgent`` reads.
 
-It is a Keras 2 HDF5 weights file (``model.save_weights``). Writes are atomic: a reader, or a
-crash mid-write, sees the old complete file or the new complete file, never a partial one.
+It is a Keras 2 HDF5 weights file (``model.save_weights``). Writes are atomic (``core.atomic``): a
+reader, or a crash mid-write, sees the old complete file or the new complete file, never a partial one.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from core.atomic import write_atomically
+
 
 class PolicyFileError(ValueError):
     """A weights file that is missing, unreadable or made for another network."""
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
-
-    The temporary name keeps ``path``'s suffix because Keras picks the file format by it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others may read results, as with open()
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux shows it (no race with other threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def save_policy(model: Any, path: str | os.PathLike) -> Path:
@@ -100,7 +60,7 @@ def is_dueling_shapes(shapes: list[tuple[int, ...]]) -> bool:
     """Whether weight shapes are keras-rl's dueling Atari network rather than the plain one.
 
     Plain: 10 arrays ending in Dense (512, n), (n,). Dueling: 12 arrays, the plain ones plus
-    Dense (n, n + 1), (n + 1,) on top (see ``learner.network.build_q_network``).
+    Dense (n, n + 1), (n + 1,) on top (see ``core.network.build_q_network``).
     """
     if len(shapes) != 12:
         return False

@@ -15,10 +15,8 @@ from __future__ import annotations
 import functools
 
 import kerasrl_compat
-from actors.atari import FRAME_SHAPE, WINDOW
 from config import PRECISIONS
-
-INPUT_SHAPE = (WINDOW, *FRAME_SHAPE)
+from core.frames import INPUT_SHAPE
 
 
 @functools.cache

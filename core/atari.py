@@ -17,10 +17,10 @@ import numpy as np
 from ale_py.env import AtariEnv as _AleEnv
 from PIL import Image
 
+from core.frames import FRAME_SHAPE
+
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner per emulator
 
-FRAME_SHAPE = (84, 84)
-WINDOW = 4  # frames per network input, as in DQN and keras-rl's examples
 
 
 class UnknownGameError(ValueError):
