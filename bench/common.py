@@ -15,7 +15,8 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +366,24 @@ def cpu_by_role(key: str, value: str, seconds: float) -> dict[str, float]:
         role = next((name for tag, name in ROLES if tag in procs[pid]), "other")
         shares[role] = shares.get(role, 0.0) + (cpu - before[pid]) / dt
     return {role: round(v, 3) for role, v in sorted(shares.items(), key=lambda kv: -kv[1])}
+
+
+@contextmanager
+def ray_session(num_cpus: int, quiet: bool = True) -> Iterator[Any]:
+    """A fresh local Ray started as launch.py starts it (distributed.raystart), in a temporary folder
+    of its own (sockets and logs), shut down and removed afterwards."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    from distributed.raystart import start_ray
+
+    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    start_ray(num_cpus=num_cpus, temp_dir=tmp, quiet=quiet)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+

@@ -208,38 +208,26 @@ def ray_pipeline(args: argparse.Namespace, double: bool) -> dict:
     ReplayServer actor (filled with random frames), calls of --updates-per-call updates, the
     driver fetching the weights after every call. No explorers: this is the learner's own ceiling
     under Ray on this machine, to set beside the in-process rate."""
-    import shutil
-    import tempfile
-
-    import ray
-
-    import kerasrl_compat
     from bench.replay import make_chunks
     from config import Config
-    from learner.learner import Learner
-    from replay.server import ReplayServer
+    from distributed.topology import learner_actor, replay_actor
 
-    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=tmp,
-             logging_level="error", log_to_driver=False, runtime_env={"env_vars": dict(kerasrl_compat.PROCESS_ENV)})
-    try:
+    cores = os.cpu_count() or 2
+    with common.ray_session(num_cpus=cores) as ray:
         streams = 8
-        replay = ray.remote(ReplayServer).options(num_cpus=0).remote(20_000, streams, seed=args.seed)
+        replay = replay_actor(20_000, streams, seed=args.seed)
         rng = np.random.default_rng(args.seed)
         pool = rng.integers(0, 256, (4096, 84, 84), dtype=np.uint8)
         for i in range(5):
             ray.get(replay.add_chunks.remote(make_chunks(rng, pool, streams, 400, i * 400)))
         cfg = Config(num_actors=1, double_dqn=double, seed=args.seed, updates_per_call=args.updates_per_call)
-        learner = ray.remote(Learner).options(num_cpus=1).remote(cfg, N_ACTIONS, replay)
+        learner = learner_actor(cfg, N_ACTIONS, replay, threads=cores)  # TensorFlow's default: every core
         ray.get(learner.train.remote(args.updates_per_call))  # trace and warm
         calls, t0 = [], time.perf_counter()
         while time.perf_counter() - t0 < 3 * args.seconds or len(calls) < 3:
             calls.append(ray.get(learner.train.remote(args.updates_per_call)))
             ray.get(learner.get_weights.remote())  # as the driver does after every call
         wall = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
     n = sum(c["updates"] for c in calls)
     inside = sum(c["seconds"] for c in calls)
     waited = sum(c["wait_seconds"] for c in calls)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common  # noqa: E402
 from replay.memory import ReplayMemory, tune_malloc  # noqa: E402
 
 FOOTPRINT_TARGET = 8e9
@@ -106,15 +107,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def bench_ray(args: argparse.Namespace, rng: np.random.Generator, pool: np.ndarray) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
+    from distributed.topology import replay_actor
 
-    from replay.server import ReplayActor
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
-    try:
-        actor = ReplayActor.remote(args.capacity, args.streams, seed=args.seed)
+    with common.ray_session(num_cpus=2, quiet=False) as ray:
+        actor = replay_actor(args.capacity, args.streams, seed=args.seed)
         chunks = make_chunks(rng, pool, args.streams, args.chunk, 0)
         ray.get(actor.add_chunks.remote(chunks))
         n = args.streams * args.chunk
@@ -126,9 +122,6 @@ def bench_ray(args: argparse.Namespace, rng: np.random.Generator, pool: np.ndarr
             lat = median_seconds(lambda b=batch, kk=k: ray.get(actor.sample.remote(b, kk)), 50)
             print(f"ray sample {batch} x {k} batches      {lat * 1e3:7.3f} ms per call "
                   f"({lat / k * 1e3:.3f} ms per batch)")
-    finally:
-        ray.shutdown()
-
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
 """Acting throughput against the number of explorers on a local Ray: real Explorer actors pushing
 into the real replay actor (replay.server.ReplayServer), no learner.
 
-Each explorer is the product's ``actors.explorer.Explorer`` as launch.py creates it (a Ray actor;
-it takes a CPU share of min(1, CPUs / explorers)), with --envs emulators and runs of
+Each explorer is the product's ``actors.explorer.Explorer`` as launch.py creates it (a Ray actor made by
+``distributed.topology``; it takes a CPU share of min(1, CPUs / explorers)), with --envs emulators and runs of
 --sync-every agent steps; before every run it gets a new weights version through the object
 store, as under launch.py. An explorer's throughput is its agent steps between its first and last
 completed run inside the measuring window; the total is the sum over explorers. The raw emulator
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,12 +34,12 @@ def explorer_config(n: int, args: argparse.Namespace):  # -> config.Config
 
 
 def measure(ray, n: int, args: argparse.Namespace, replay, weights: list) -> dict:
-    from actors.explorer import Explorer
+    from distributed.topology import explorer_actors
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
     cfg = explorer_config(n, args)
     share = min(1.0, cpus / n)
-    explorers = [ray.remote(Explorer).options(num_cpus=share).remote(cfg, i, replay) for i in range(n)]
+    explorers = explorer_actors(cfg, replay, generation=0, cpus=share)
     ray.get([e.flush.remote() for e in explorers])  # built (TF loaded, emulators reset)
     version = 0
 
@@ -145,25 +143,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"raw ALE act() x4 on one core: {raw:,.0f} steps per CPU second ({raw_wall:,.0f} per wall second); "
           f"{cores} cores: at most {raw * cores:,.0f}")
 
-    import kerasrl_compat
-
-    os.environ.update(kerasrl_compat.PROCESS_ENV)
-    import ray
-
     from core.network import build_q_network
-    from replay.server import ReplayServer
+    from distributed.topology import replay_actor
 
     counts = [int(x) for x in args.explorers.split(",")]
     cfg = explorer_config(max(counts), args)
     weights = build_q_network(4, dueling=cfg.dueling).get_weights()
-    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # Ray's sockets and logs, ours alone
-    ray.init(address="local", num_cpus=cores, include_dashboard=False, _temp_dir=tmp, logging_level="error",
-             log_to_driver=False, runtime_env={"env_vars": dict(kerasrl_compat.PROCESS_ENV)})
     points = []
-    try:
-        replay = ray.remote(ReplayServer).options(num_cpus=0).remote(
-            args.capacity, cfg.num_streams, seed=args.seed, n_step=cfg.n_step,
-            priority_alpha=cfg.priority_alpha if cfg.prioritized else None)
+    with common.ray_session(num_cpus=cores) as ray:
+        replay = replay_actor(args.capacity, cfg.num_streams, seed=args.seed, n_step=cfg.n_step,
+                              priority_alpha=cfg.priority_alpha if cfg.prioritized else None)
         for n in counts:
             r = measure(ray, n, args, replay, weights)
             r["ratio_to_raw_one_core"] = r["env_steps_per_s"] / raw
@@ -175,9 +164,6 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['ratio_to_raw_one_core']:.2f} x raw ALE on one core, "
                   f"{r['ratio_to_raw_all_cores']:.2f} x raw on the {min(n, cores)} core(s) in use", flush=True)
         counters = ray.get(replay.counters.remote())
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
     base = points[0]["env_steps_per_s"]
     for r in points:
         r["speedup_vs_first"] = r["env_steps_per_s"] / base

@@ -17,12 +17,9 @@ def ray_session() -> Iterator[Any]:
     """A fresh local Ray (2 CPUs, no dashboard), shared by every test that asks for it."""
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
-    )
+    from distributed.raystart import start_ray
+
+    start_ray(num_cpus=2, quiet=False)
     try:
         yield ray
     finally:

@@ -30,6 +30,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import launch  # noqa: E402
+from distributed.driver import Driver  # noqa: E402
 
 NUM_EXPLORERS = 2
 FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
@@ -44,7 +45,7 @@ def _where(actor: Any) -> tuple[str, str]:
 DRIVERS: list[Any] = []
 
 
-class RecordingDriver(launch.Driver):
+class RecordingDriver(Driver):
     """launch.py's driver, also asking each explorer where it ran after every finished run."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -84,7 +85,6 @@ def _kill_a_worker(cluster: Cluster, workers: list, report: dict) -> None:
 
 def main() -> int:
     run_dir = Path(sys.argv[1])
-    launch.Driver = RecordingDriver
     report: dict[str, Any] = {}
     cluster = Cluster(
         initialize_head=True,
@@ -103,7 +103,7 @@ def main() -> int:
             "--total-env-steps", "3000", "--learning-starts", "400", "--replay-capacity", "4000",
             "--samples-per-insert", "1", "--updates-per-call", "10", "--learner-threads", "1",
             "--export-every", "1000", "--log-every", "1", "--run-dir", str(run_dir),
-        ])
+        ], driver_class=RecordingDriver)
         report["run_seconds"] = round(time.monotonic() - start, 1)  # launch.main joined and left Ray itself
         killer.join(timeout=5)
         driver = DRIVERS[0]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import kerasrl_compat
-import launch
+from distributed import raystart
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["cluster.yaml", "cluster-local.yaml"]
@@ -117,7 +117,7 @@ def test_code_is_shipped_as_working_dir(monkeypatch: pytest.MonkeyPatch, tmp_pat
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    env = launch.cluster_runtime_env()
+    env = raystart.cluster_runtime_env()
     assert env["working_dir"] == str(ROOT) and env["env_vars"] == kerasrl_compat.PROCESS_ENV
     # what Ray would upload: the code, nothing of the virtual env, runs, tests or git
     package = tmp_path / "pkg.zip"
@@ -133,7 +133,7 @@ def test_code_is_shipped_as_working_dir(monkeypatch: pytest.MonkeyPatch, tmp_pat
     # under `ray job submit --working-dir`: the job's code and env vars stay; Ray can merge the rest
     job = {"working_dir": "gcs://_ray_pkg_0123.zip", "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "0"}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job}))
-    env = launch.cluster_runtime_env()
+    env = raystart.cluster_runtime_env()
     assert "working_dir" not in env and "TF_CPP_MIN_LOG_LEVEL" not in env["env_vars"]
     merged = _merge_runtime_env(job, env)
     assert merged is not None and merged["working_dir"] == job["working_dir"]

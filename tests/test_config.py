@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import launch
-from config import Config, apply_preset, preset_table
+from config import Config, apply_preset, parse, preset_table
+from distributed import LaunchError, preflight
 from train import TrainConfig
 
 
@@ -50,8 +50,8 @@ def test_beta_anneals_to_one_over_the_run() -> None:
 def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_path: Path) -> None:
     argv = ["--preset", "classic", "--n-step", "3", "--learning-starts", "500", "--replay-capacity", "5000",
             "--total-env-steps", "3000", "--run-dir", str(tmp_path / "run")]
-    cfg = launch.parse(Config, argv, "")
-    cfg, resume = launch.prepare(cfg, argv)
+    cfg = parse(Config, argv, "")
+    cfg, resume = preflight.prepare(cfg, argv)
     assert resume is None
     assert (cfg.n_step, cfg.learning_starts, cfg.replay_capacity) == (3, 500, 5000)  # given
     assert (cfg.exploration, cfg.prioritized, cfg.dueling, cfg.learning_rate) == ("anneal", False, False, 2.5e-4)
@@ -59,7 +59,7 @@ def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_
 
 
 def test_resuming_a_run_from_before_presets_keeps_its_plain_one_step_setup(tmp_path: Path) -> None:
-    from learner.checkpoint import save_checkpoint
+    from distributed.checkpoint import save_checkpoint
 
     run = tmp_path / "old"
     run.mkdir()
@@ -68,14 +68,14 @@ def test_resuming_a_run_from_before_presets_keeps_its_plain_one_step_setup(tmp_p
     old.update(total_env_steps=3000, learning_starts=500, replay_capacity=5000, run_dir=str(run))
     (run / "config.json").write_text(json.dumps(old))
     save_checkpoint(run, {"online": [], "target": [], "optimizer": [], "steps": 0}, {"env_steps": 100})
-    cfg, _ = launch._resume_config(Config(resume=str(run)), ["--resume", str(run)])
+    cfg, _ = preflight.resume_config(Config(resume=str(run)), ["--resume", str(run)])
     assert (cfg.dueling, cfg.n_step, cfg.prioritized) == (False, 1, False)
-    with pytest.raises(launch.LaunchError, match="dueling"):
-        launch._resume_config(Config(resume=str(run), dueling=True), ["--resume", str(run), "--dueling", "true"])
+    with pytest.raises(LaunchError, match="dueling"):
+        preflight.resume_config(Config(resume=str(run), dueling=True), ["--resume", str(run), "--dueling", "true"])
 
 
 def test_resume_refuses_a_preset_a_changed_saved_replay_and_a_replay_too_small_for_n_step(tmp_path: Path) -> None:
-    from learner.checkpoint import save_checkpoint
+    from distributed.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()
@@ -86,15 +86,15 @@ def test_resume_refuses_a_preset_a_changed_saved_replay_and_a_replay_too_small_f
 
     def resume(*flags: str) -> Config:
         argv = ["--resume", str(run), *flags]
-        return launch._resume_config(launch.parse(Config, argv, ""), argv)[0]
+        return preflight.resume_config(parse(Config, argv, ""), argv)[0]
 
     assert resume("--n-step", "1").n_step == 1  # no saved replay yet: any n-step is fine
-    with pytest.raises(launch.LaunchError, match="--preset is for new runs"):
+    with pytest.raises(LaunchError, match="--preset is for new runs"):
         resume("--preset", "classic")
-    with pytest.raises(launch.LaunchError, match="at least 15 transitions per emulator stream"):
+    with pytest.raises(LaunchError, match="at least 15 transitions per emulator stream"):
         resume("--n-step", "10", "--num-actors", "50", "--envs-per-actor", "8")  # 5000 / 400 streams = 12.5
     (run / "replay.npz").write_bytes(b"saved replay")
-    with pytest.raises(launch.LaunchError, match="replay.npz.*--n-step"):
+    with pytest.raises(LaunchError, match="replay.npz.*--n-step"):
         resume("--n-step", "1")
     assert resume("--total-env-steps", "9000").total_env_steps == 9000  # other flags still change
 
@@ -109,8 +109,8 @@ def test_a_default_replay_shrinks_to_fit_memory_and_a_chosen_one_is_refused(
     headroom = 1.5e9 + 0.8e9 * 2  # the learner's and one explorer's TensorFlow
 
     def prepared(available: float, argv: list[str]) -> Config:
-        monkeypatch.setattr(launch, "_available_memory", lambda: int(available))
-        return launch.prepare(launch.parse(Config, argv, ""), argv)[0]
+        monkeypatch.setattr(preflight, "available_memory", lambda: int(available))
+        return preflight.prepare(parse(Config, argv, ""), argv)[0]
 
     def need(capacity: int) -> float:
         return ReplayMemory.estimate_nbytes(capacity, 8, prioritized=True) + headroom
@@ -122,9 +122,9 @@ def test_a_default_replay_shrinks_to_fit_memory_and_a_chosen_one_is_refused(
     assert need(cfg.replay_capacity) <= 6e9 < need(cfg.replay_capacity + 10_000)
     out = capsys.readouterr().out
     assert f"using --replay-capacity {cfg.replay_capacity:,}" in out and "give the flag to choose" in out
-    with pytest.raises(launch.LaunchError, match="use at most about"):
+    with pytest.raises(LaunchError, match="use at most about"):
         prepared(6e9, [*base, "--replay-capacity", "1000000"])  # chosen: refused, not changed
-    with pytest.raises(launch.LaunchError, match="or fewer --num-actors"):
+    with pytest.raises(LaunchError, match="or fewer --num-actors"):
         prepared(3.5e9, base)  # not even 100,000 fit
     assert not (tmp_path / "run").exists()
 

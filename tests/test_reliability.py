@@ -45,7 +45,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: str, tmp_path: Path) -> None:
-    from learner.checkpoint import load_checkpoint
+    from distributed.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     args = [*TINY, "--total-env-steps", "6000", "--checkpoint-every", "20", "--export-every", "20",
@@ -156,7 +156,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with config.json, checkpoint.npz and policy.h5, as launch.py leaves one."""
     from config import Config
     from core.policy_file import save_policy
-    from learner.checkpoint import save_checkpoint
+    from distributed.checkpoint import save_checkpoint
     from learner.learner import Learner
 
     run = tmp_path_factory.mktemp("finished")

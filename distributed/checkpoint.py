@@ -19,6 +19,7 @@ import numpy as np
 from core.atomic import write_atomically
 
 CHECKPOINT = "checkpoint.npz"
+REPLAY_FILE = "replay.npz"  # the replay memory beside it, with --save-replay (written by the replay actor)
 FORMAT = "distributed-dqn-checkpoint/1"
 
 

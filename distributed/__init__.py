@@ -1,0 +1,18 @@
+"""The Ray program behind ``launch.py``: one module per concern.
+
+- ``raystart``: the one way this project starts or joins Ray (launch.py, bench/ and tests/);
+- ``preflight``: every check before work starts (flags, memory fit, resume merge, cluster probe);
+- ``topology``: which actor runs where, with which Ray options (replay, learner, explorers,
+  evaluator), the one place bench/ and tests/ build them too;
+- ``pacer``: the replay-ratio arithmetic, plain Python;
+- ``driver``: the loop that issues explorer and learner calls and handles their results;
+- ``evaluation``: when evaluations run and what happens to their results;
+- ``runlog``: progress lines, TensorBoard, metrics.jsonl, episodes.csv, evaluations.csv;
+- ``checkpoint``: checkpoint.npz, the state ``--resume`` continues from.
+
+Roles (``actors/``, ``learner/``, ``replay/``) never import this package; it imports them.
+"""
+
+
+class LaunchError(Exception):
+    """Bad input found before any work starts: one line for the user, exit status 2."""

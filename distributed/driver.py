@@ -1,0 +1,277 @@
+"""The driver: one loop that keeps explorers playing and the learner learning, at the replay ratio.
+
+It issues explorer runs (--weight-sync-every agent steps each, with the newest weights) and
+learner calls (--updates-per-call updates each) as the :class:`~distributed.pacer.Pacer`
+allows, waits for whichever finishes first, and handles the result: counts, logs, evaluations,
+exports (policy.h5) and checkpoints. A lost actor is restarted by Ray; the driver re-issues
+its work (explorer), refills the replay (replay), or restores the last checkpoint (learner).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from config import Config
+from core.policy_file import SnapshotWriter, save_policy
+from distributed import topology
+from distributed.checkpoint import REPLAY_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from distributed.evaluation import Evaluations
+from distributed.pacer import Pacer
+from distributed.runlog import RunLog
+
+
+class Stop(Exception):
+    """Ends the run cleanly (final export and checkpoint) after SIGINT or SIGTERM."""
+
+
+class StopFlag:
+    """Set by the caller (launch.py's SIGINT/SIGTERM handler), read by the loop at least twice a
+    second. Only noting it is safe inside a signal handler: raising inside Ray's C++ wait would
+    surface as a SystemError."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:  # the first signal names the stop
+            self.reason = reason
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+class Driver:
+    """Builds the actors, keeps the replay ratio and runs the loop until the step budget is spent."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: tuple[dict, dict] | None = None,
+                 stop: StopFlag | None = None) -> None:
+        import ray
+
+        from core.atari import make_env
+        from core.network import build_q_network
+
+        self.cfg, self.run_dir, self.ray = cfg, run_dir, ray
+        self.stop = stop if stop is not None else StopFlag()
+        probe = make_env(cfg.game, training=False)
+        self.n_actions = int(probe.action_space.n)
+        probe.close()
+        self.export_model = build_q_network(self.n_actions, dueling=cfg.dueling)
+        learner_state, state = resume if resume else (None, {})
+        self.generation = state.get("generation", -1) + 1  # new emulator seeds on every resume
+        self.actors = topology.build(cfg, self.n_actions, self.generation)
+        self.replay, self.learner = self.actors.replay, self.actors.learner
+        self.explorers, self.evaluator = self.actors.explorers, self.actors.evaluator
+        self.learner_threads = self.actors.learner_threads
+        self.pacer = Pacer(cfg, env_steps=state.get("env_steps", 0),
+                           updates_done=int(learner_state["steps"]) if learner_state else 0)
+        self.log = RunLog(cfg, run_dir, games=state.get("games", 0))
+        self.evaluations = Evaluations(cfg, self.evaluator, self.log, self.export_model, run_dir,
+                                       next_eval=state.get("next_eval", cfg.eval_every))
+        self.snapshots = SnapshotWriter(run_dir) if cfg.snapshot_every else None
+        self.next_snapshot = state.get("next_snapshot", cfg.snapshot_every)
+        self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
+        self.explorer_failures = state.get("explorer_failures", 0)
+        self.replay_failures = state.get("replay_failures", 0)
+        self.learner_failures = state.get("learner_failures", 0)
+        self.replay_instance: str | None = None
+        self.last_export_step = self.last_checkpoint_step = self.updates_done
+        self.learner_metrics: dict = {}
+        self.epsilons: dict[int, list[float]] = {}
+        self.last_export_time: float | None = None
+        if learner_state is not None:
+            self.restore_learner(learner_state)
+            self.restore_replay()
+        self.weights = self.learner.get_weights.remote()
+
+    @property
+    def env_steps(self) -> int:
+        return self.pacer.env_steps
+
+    @property
+    def updates_done(self) -> int:
+        return self.pacer.updates_done
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Play and learn until --total-env-steps; raise :class:`Stop` when the stop flag is set."""
+        ray, cfg = self.ray, self.cfg
+        running: dict[Any, int] = {}  # actor futures -> actor index
+        idle = set(range(cfg.num_actors))
+        learner_future = None
+        last_print = time.monotonic()
+        while True:
+            if self.stop:
+                raise Stop(self.stop.reason)
+            for i in sorted(idle):
+                if self.pacer.actor_may_run():
+                    steps = self.pacer.issue_explorer_run()
+                    ref = self.explorers[i].run.remote(self.weights, steps, self.env_steps)
+                    self._issued[ref] = steps
+                    running[ref] = i
+                    idle.discard(i)
+            if learner_future is None:
+                n = self.pacer.issue_learner_call()
+                learner_future = self.learner.train.remote(n) if n else None
+            if not running and learner_future is None:
+                break
+            pending = list(running) + ([learner_future] if learner_future is not None else [])
+            ready, _ = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in ready:
+                if ref is learner_future:
+                    learner_future = None
+                    self._learner_done(ref)
+                else:
+                    i = running.pop(ref)
+                    idle.add(i)
+                    self._explorer_done(i, ref)
+            self.evaluations.poll(self.weights, self.env_steps, self.updates_done)
+            now = time.monotonic()
+            if now - last_print >= cfg.log_every:
+                last_print = now
+                self.print_progress(self.replay_size())
+        # let the last pushes land; an explorer that is restarting has nothing left to flush
+        ray.wait([e.flush.remote() for e in self.explorers], num_returns=len(self.explorers), timeout=30)
+
+    def final_evaluation(self) -> None:
+        self.evaluations.final(self.weights, self.env_steps, self.updates_done, self.stop)
+
+    def _learner_done(self, ref: Any) -> None:
+        ray, cfg = self.ray, self.cfg
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            self.learner_lost()
+            return
+        self.pacer.learner_called(result["asked"], result["updates"])  # a lost replay cuts a call short
+        self.learner_metrics = result
+        self.weights = self.learner.get_weights.remote()
+        if result["replay_lost"]:
+            self.replay_size()  # notices the new replay instance and starts the refill
+        if self.updates_done - self.last_export_step >= cfg.export_every:
+            self.export()
+        if self.updates_done - self.last_checkpoint_step >= cfg.checkpoint_every:
+            self.checkpoint()
+
+    def _explorer_done(self, i: int, ref: Any) -> None:
+        ray = self.ray
+        steps = self._issued.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            # Ray restarts the explorer (max_restarts=-1); its lost steps are re-issued.
+            self.explorer_failures += 1
+            self.pacer.explorer_lost(steps)
+            print(f"explorer {i} failed ({type(exc).__name__}); it restarts and plays on "
+                  f"({self.explorer_failures} failure(s) so far)", flush=True)
+            return
+        self.pacer.explorer_ran(result["steps"])
+        self.epsilons[i] = result["epsilons"]
+        self.log.games_done(self.env_steps, result["games"])
+        if self.snapshots is not None and self.env_steps >= self.next_snapshot:
+            try:
+                version, weights = ray.get(self.weights)
+            except ray.exceptions.RayActorError:
+                return  # the learner died: _learner_done restarts it; the snapshot comes next time
+            self.export_model.set_weights(weights)
+            self.snapshots.write(self.export_model, self.env_steps, self.updates_done)
+            self.next_snapshot = (self.env_steps // self.cfg.snapshot_every + 1) * self.cfg.snapshot_every
+
+    # --- failures ---------------------------------------------------------------------------
+    def replay_size(self) -> int:
+        """The replay's size; notices a restarted (empty) replay actor and starts the refill."""
+        for attempt in range(600):  # a restarting replay answers within seconds; give it a minute
+            try:
+                instance, size = self.ray.get(self.replay.status.remote())
+                break
+            except (self.ray.exceptions.ActorUnavailableError, self.ray.exceptions.RayActorError):
+                if attempt == 599:
+                    raise
+                time.sleep(0.1)
+        if self.replay_instance is not None and instance != self.replay_instance:
+            self.replay_emptied()
+        self.replay_instance = instance
+        return size
+
+    def replay_emptied(self) -> None:
+        """The replay actor died and came back empty: refill before learning again."""
+        self.replay_failures += 1
+        self.pacer.refill()
+        print(f"the replay memory was lost ({self.replay_failures} time(s)); it restarts empty and learning "
+              f"resumes after {self.cfg.learning_starts:,} new transitions", flush=True)
+
+    def learner_lost(self) -> None:
+        """The learner died: Ray restarts it; continue from the last checkpoint's networks."""
+        self.learner_failures += 1
+        try:
+            learner_state, _ = load_checkpoint(self.run_dir)
+        except CheckpointError:
+            learner_state = None
+        if learner_state is not None:
+            self.restore_learner(learner_state)
+        self.pacer.learner_restarted(int(learner_state["steps"]) if learner_state is not None else 0)
+        self.weights = self.learner.get_weights.remote()
+        print(f"the learner failed ({self.learner_failures} time(s)); restarted from "
+              f"{'the last checkpoint' if learner_state else 'scratch (no checkpoint yet)'} at learner step "
+              f"{self.updates_done:,}", flush=True)
+
+    # --- state on disk ----------------------------------------------------------------------
+    def restore_learner(self, learner_state: dict) -> None:
+        if not self.ray.get(self.learner.set_state.remote(learner_state)):
+            print("the checkpoint's Adam state is from an older version of this program: the networks and "
+                  "counters are restored, Adam's moments start afresh", flush=True)
+
+    def restore_replay(self) -> None:
+        """On resume: reload the saved replay if there is one, else refill before learning."""
+        saved = self.run_dir / REPLAY_FILE
+        if self.cfg.save_replay and saved.exists():
+            size = self.ray.get(self.replay.load.remote(str(saved)))
+            print(f"replay memory restored: {size:,} transitions", flush=True)
+        else:
+            self.pacer.refill()
+
+    def driver_state(self) -> dict:
+        return {
+            "env_steps": self.env_steps,
+            "updates_done": self.updates_done,
+            "explorer_failures": self.explorer_failures,
+            "replay_failures": self.replay_failures,
+            "learner_failures": self.learner_failures,
+            "games": self.log.games,
+            "generation": self.generation,
+            "next_eval": self.evaluations.next_eval,
+            "next_snapshot": self.next_snapshot,
+            "n_actions": self.n_actions,
+            "game": self.cfg.game,
+        }
+
+    def checkpoint(self) -> Path:
+        """Write RUN_DIR/checkpoint.npz (and with --save-replay RUN_DIR/replay.npz), atomically."""
+        if self.cfg.save_replay:
+            self.ray.get(self.replay.save.remote(str(self.run_dir / REPLAY_FILE)))
+        learner_state = self.ray.get(self.learner.get_state.remote())
+        driver_state = dict(self.driver_state(), updates_done=learner_state["steps"])  # a call may be in flight
+        path = save_checkpoint(self.run_dir, learner_state, driver_state)
+        self.last_checkpoint_step = self.updates_done
+        return path
+
+    def export(self) -> Path:
+        """Write RUN_DIR/policy.h5 from the learner's newest weights, atomically."""
+        version, weights = self.ray.get(self.learner.get_weights.remote())
+        self.export_model.set_weights(weights)
+        path = save_policy(self.export_model, self.run_dir / "policy.h5")
+        self.last_export_time = time.monotonic()
+        self.last_export_step = self.updates_done
+        return path
+
+    def print_progress(self, replay_size: int) -> None:
+        eps = [e for v in self.epsilons.values() for e in v]
+        mean_eps = sum(eps) / len(eps) if eps else float("nan")
+        self.log.progress(self.env_steps, self.updates_done, replay_size, self.learner_metrics, mean_eps,
+                          self.last_export_time, {"explorer": self.explorer_failures,
+                                                  "replay": self.replay_failures, "learner": self.learner_failures})
+
+    def close(self) -> None:
+        self.log.close()
+        self.actors.kill()

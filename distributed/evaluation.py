@@ -1,0 +1,86 @@
+"""Evaluations during a run: when they start, and what their results become.
+
+Every --eval-every agent steps the evaluator plays --eval-episodes games with the newest
+weights, beside the training; one at a time, so a slow evaluation delays the next rather than
+piling up. Each result goes to evaluations.csv and TensorBoard (through the run log), and a new
+best network to RUN_DIR/best-policy.h5. A failed evaluation never ends the training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from config import Config
+from core.policy_file import save_policy
+from distributed.runlog import RunLog, best_evaluation
+
+
+class Evaluations:
+    """Schedules the evaluator's games and records their results."""
+
+    def __init__(self, cfg: Config, evaluator: Any, log: RunLog, export_model: Any, run_dir: Path,
+                 next_eval: int) -> None:
+        self.cfg, self.evaluator, self.log = cfg, evaluator, log
+        self.export_model, self.run_dir = export_model, run_dir
+        self.next_eval = next_eval
+        self.best = best_evaluation(run_dir)  # best-policy.h5's score, even if newer than the checkpoint
+        self.future: Any = None  # (future, weights version, weights, env steps, learner steps)
+
+    def poll(self, weights: Any, env_steps: int, learner_steps: int) -> None:
+        """Collect a finished evaluation; start the next one when its agent step has come."""
+        import ray
+
+        cfg = self.cfg
+        if self.future is not None and ray.wait([self.future[0]], timeout=0)[0]:
+            self._done()
+        due = self.next_eval <= env_steps < cfg.total_env_steps  # the final one comes after the loop
+        if self.future is None and cfg.eval_every and due:
+            self.start(weights, env_steps, learner_steps)
+            self.next_eval = (env_steps // cfg.eval_every + 1) * cfg.eval_every
+
+    def start(self, weights: Any, env_steps: int, learner_steps: int) -> None:
+        """Evaluate the weights behind the ``weights`` future (the learner's newest)."""
+        import ray
+
+        try:
+            version, values = ray.get(weights)
+        except ray.exceptions.RayActorError:
+            return  # the learner died: the driver restarts it; evaluate next time
+        future = self.evaluator.evaluate.remote(values, self.cfg.eval_episodes)
+        self.future = (future, version, values, env_steps, learner_steps)
+
+    def _done(self) -> None:
+        """Log an evaluation; a new best network also goes to RUN_DIR/best-policy.h5."""
+        import ray
+
+        future, version, weights, env_steps, learner_steps = self.future
+        self.future = None
+        try:
+            result = ray.get(future)
+        except ray.exceptions.RayError as exc:  # a failed evaluation must not end the training
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"an evaluation failed ({why}); the next one starts at the next --eval-every", flush=True)
+            return
+        self.log.evaluation(env_steps, learner_steps, version, result)
+        if result["mean"] > self.best:
+            self.best = result["mean"]
+            self.export_model.set_weights(weights)
+            save_policy(self.export_model, self.run_dir / "best-policy.h5")
+
+    def final(self, weights: Any, env_steps: int, learner_steps: int, stop: Any) -> None:
+        """At the end of a finished run: evaluate the final network (unless that was just done).
+        A stop (Ctrl-C) skips it."""
+        import ray
+
+        if not self.cfg.eval_every or stop:
+            return
+        for final in (False, True):
+            if final and self.log.last_eval_version != ray.get(weights)[0]:
+                print(f"final evaluation: {self.cfg.eval_episodes} games (Ctrl-C skips it)...", flush=True)
+                self.start(weights, env_steps, learner_steps)
+            while self.future is not None:
+                if stop:
+                    return
+                if ray.wait([self.future[0]], timeout=0.5)[0]:
+                    self._done()

@@ -1,0 +1,219 @@
+"""Preflight: every check made before a run starts, so that bad input costs no work.
+
+Flags and presets, the replay's fit in this machine's memory, a resumed run's saved settings
+merged with the flags given now, and, for ``--address``, whether a Ray cluster answers there.
+Each failure is a :class:`~distributed.LaunchError` with one line that says what to do; nothing
+is written before these checks pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from config import Config, apply_preset, check_ranges, check_run_dir, given_flags
+from distributed import LaunchError
+from distributed.checkpoint import CHECKPOINT, REPLAY_FILE, CheckpointError, load_checkpoint
+from distributed.raystart import job_runtime_env
+
+
+def check_cluster(cfg: Config) -> None:
+    """Fail fast, in one line, when no Ray cluster answers at ``--address`` (ray.init would
+    otherwise retry for a minute and end in a traceback, after the run directory was made)."""
+    import socket
+
+    import ray
+    from ray._common.network_utils import parse_address
+    from ray._private import services
+
+    if "working_dir" in job_runtime_env() and not Path(cfg.run_dir or "runs").is_absolute():
+        raise LaunchError("a job sent with `ray job submit --working-dir` runs in a temporary folder: give an "
+                          "absolute --run-dir (e.g. --run-dir /home/ubuntu/runs/breakout) to keep the results")
+    if ray.is_initialized():
+        return
+    address = cfg.address
+    hint = "start one with `ray up cluster.yaml` (see docs/cluster.md) or `ray start --head`, or leave out --address"
+    target = address
+    if address == "auto":
+        try:
+            target = services.get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise LaunchError(f"--address auto: no running Ray cluster found on this machine; {hint}") from None
+    parsed = parse_address(target.removeprefix("ray://"))
+    if parsed is None or not parsed[1].isdigit():
+        raise LaunchError(f"--address {address}: expected auto or HOST:PORT of the head (port 6379 by default)")
+    host, port = parsed
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        found = f" (found {target})" if target != address else ""
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise LaunchError(f"--address {address}{found}: no Ray cluster answers there ({why}); {hint}") from None
+    if not target.startswith("ray://") and not is_ray_head(host, int(port)):  # ray.init would hang on it
+        raise LaunchError(f"--address {address}: {host}:{port} answers, but not as a Ray head (it does not answer "
+                          f"Ray's GetClusterId call); give the head's address, port 6379 unless it "
+                          f"was started with another --port, or leave out --address")
+
+
+GCS_PROBE_SECONDS = 10.0
+
+
+def is_ray_head(host: str, port: int) -> bool:
+    """Whether host:port serves Ray's GCS: its GetClusterId call (empty request) is answered. A web
+    server or a database never answers it, and ray.init would wait on them for minutes. True
+    without probing when Ray uses TLS, which a plain probe cannot speak."""
+    import grpc
+
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")
+        try:
+            call(b"", timeout=GCS_PROBE_SECONDS)
+        except grpc.RpcError as exc:  # a GCS that refuses us (token authentication) is still Ray's
+            return exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+    return True
+
+
+
+MIN_AUTO_CAPACITY = 100_000  # the smallest replay a default is shrunk to (DQN still learns Breakout with it)
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says new processes can use without swapping (``MemAvailable``); None off Linux."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def fit_memory(cfg: Config, chosen: bool) -> Config:
+    """Make the replay fit this machine's available memory, checked before allocating it.
+
+    A capacity the user chose (or a resumed run's) that does not fit is refused. The default
+    shrinks to what fits, with a note, so that ``launch.py`` with no flags also runs on a laptop.
+    """
+    from replay.memory import ReplayMemory
+
+    available = available_memory()
+    if available is None:
+        return cfg
+    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams, prioritized=cfg.prioritized)
+    headroom = 1.5e9 + 0.8e9 * (cfg.num_actors + 1)  # TensorFlow in the learner and every explorer
+    if need + headroom <= available:
+        return cfg
+    per_transition = ReplayMemory.bytes_per_transition(prioritized=cfg.prioritized)
+    fits = max(0, int((available - headroom) / per_transition))
+    what = (f"--replay-capacity {cfg.replay_capacity:,} needs about {need / 1e9:.1f} GB but this machine has "
+            f"{available / 1e9:.1f} GB available (with {headroom / 1e9:.1f} GB kept for the actors)")
+    capacity = fits // 10_000 * 10_000
+    if chosen or capacity < MIN_AUTO_CAPACITY:
+        hint = "" if chosen else " or fewer --num-actors"
+        raise LaunchError(f"{what}; use at most about {fits:,}{hint}")
+    cfg = dataclasses.replace(cfg, replay_capacity=capacity)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise LaunchError(f"with the replay shrunk to fit memory ({capacity:,}): {exc}") from None
+    print(f"note: the default {what}: using --replay-capacity {capacity:,} (give the flag to choose)", flush=True)
+    return cfg
+
+
+def resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict]]:
+    """The saved run's config with the flags given now on top, and its checkpoint."""
+    run_dir = Path(cfg.resume)
+    if not run_dir.is_dir():
+        raise LaunchError(f"--resume {run_dir}: no such folder; give the run directory of an earlier launch.py run")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise LaunchError(f"--resume {run_dir}: no readable config.json, so not a launch.py run directory") from None
+    fields = {f.name for f in dataclasses.fields(Config)}
+    if not isinstance(saved, dict) or not {"num_actors", "replay_capacity", "learning_starts"} <= set(saved):
+        raise LaunchError(f"--resume {run_dir}: its config.json is from another program, not launch.py")
+    # runs from before presets existed trained a plain network on 1-step uniform replay
+    merged = {"dueling": False, "n_step": 1, "prioritized": False}
+    merged.update({k: v for k, v in saved.items() if k in fields})
+    given = given_flags(Config, argv)
+    if "preset" in given:
+        raise LaunchError(f"--resume {run_dir}: a resumed run keeps its settings; --preset is for new runs "
+                          f"(give single flags to change single settings)")
+    if "dueling" in given and cfg.dueling != merged["dueling"]:
+        raise LaunchError(f"--resume {run_dir}: its checkpoint holds a {'dueling' if merged['dueling'] else 'plain'} "
+                          f"network; leave out --dueling (a new network needs a new run)")
+    layout = ("replay_capacity", "num_actors", "envs_per_actor", "n_step", "prioritized")
+    changed = [k for k in layout if k in given and getattr(cfg, k) != merged.get(k)]
+    if merged.get("save_replay") and (run_dir / REPLAY_FILE).exists() and changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise LaunchError(f"--resume {run_dir}: its saved replay ({REPLAY_FILE}) was built for other {flags}; "
+                          f"leave them out, or move {REPLAY_FILE} away to refill the replay")
+    merged.update({k: getattr(cfg, k) for k in given})
+    merged.update(run_dir=str(run_dir), resume=str(run_dir))
+    try:
+        new = Config(**merged)
+        check_ranges(new)
+        new.validate(merged=True)
+        state = load_checkpoint(run_dir)
+    except (ValueError, TypeError) as exc:
+        raise LaunchError(f"--resume {run_dir}: {exc}") from None
+    except CheckpointError as exc:
+        raise LaunchError(str(exc)) from None
+    driver = state[1]
+    if driver.get("game") not in (None, new.game):
+        raise LaunchError(f"--resume {run_dir}: the run plays {driver['game']}, not {new.game}")
+    if driver["env_steps"] >= new.total_env_steps:
+        raise LaunchError(
+            f"{run_dir} already played {driver['env_steps']:,} of --total-env-steps {new.total_env_steps:,}; "
+            f"pass a larger --total-env-steps to continue it"
+        )
+    return new, state
+
+
+def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict] | None]:
+    """Every check that needs no Ray, done before anything is written."""
+    from core.atari import UnknownGameError, rom_id  # here: --help does not load the emulator
+
+    resume = None
+    given: set[str] = set()
+    if cfg.resume:
+        cfg, resume = resume_config(cfg, argv)  # a resumed run keeps its resolved settings
+    else:
+        given = given_flags(Config, argv)
+        cfg = apply_preset(cfg, given)
+        try:
+            check_ranges(cfg)
+            cfg.validate()
+        except ValueError as exc:
+            raise LaunchError(f"with --preset {cfg.preset}: {exc}") from None
+    try:
+        rom_id(cfg.game)
+    except UnknownGameError as exc:
+        raise LaunchError(str(exc)) from None
+    if cfg.address is None:
+        cfg = fit_memory(cfg, chosen=resume is not None or "replay_capacity" in given)
+    else:
+        check_cluster(cfg)
+    if resume is None:
+        run_dir = Path(cfg.run_dir or time.strftime(f"runs/{cfg.game.lower()}-%Y%m%d-%H%M%S"))
+        try:
+            check_run_dir(run_dir, ("config.json", "policy.h5", CHECKPOINT),
+                          f"continue it with --resume {run_dir}, or choose another --run-dir")
+        except ValueError as exc:
+            raise LaunchError(str(exc)) from None
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    return cfg, resume
+
+
+def check_gpus(cfg: Config) -> None:
+    """The learner would wait forever for a GPU the cluster lacks, and every explorer with it."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.learner_gpus > gpus:
+        raise LaunchError(f"--learner-gpus {cfg.learner_gpus:g}: the cluster has {gpus:g} GPU(s) (see `ray status`); "
+                          "leave the flag out, or start the head on a GPU machine (docs/cluster.md)")

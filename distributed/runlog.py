@@ -1,0 +1,132 @@
+"""The run log: what a distributed run tells its user, and keeps on disk, as it goes.
+
+Progress lines on the console; in the run directory TensorBoard scalars (tb/), metrics.jsonl
+(one record per progress line), episodes.csv (every finished training game) and
+evaluations.csv (every evaluation). Files are appended to, so a resumed run continues them.
+
+episodes.csv columns: env_step, stream, epsilon, score, wall_seconds. (train.py's episodes.csv
+has other columns: game, env_step, game_score, wall_seconds; see its --help.)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections import deque
+from pathlib import Path
+
+import kerasrl_compat
+from config import Config, hms
+
+
+class RunLog:
+    """Progress lines, TensorBoard scalars, metrics.jsonl and episodes.csv of one run."""
+
+    def __init__(self, cfg: Config, run_dir: Path, games: int = 0) -> None:
+        tf = kerasrl_compat.load_tensorflow()
+
+        self.cfg = cfg
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(run_dir / "tb"))
+        self.metrics = open(run_dir / "metrics.jsonl", "a")
+        new_csv = not (run_dir / "episodes.csv").exists()
+        self.episodes_file = open(run_dir / "episodes.csv", "a", newline="")
+        self.episodes = csv.writer(self.episodes_file)
+        if new_csv:
+            self.episodes.writerow(["env_step", "stream", "epsilon", "score", "wall_seconds"])
+        new_eval = not (run_dir / "evaluations.csv").exists()
+        self.evals_file = open(run_dir / "evaluations.csv", "a", newline="")
+        self.evals = csv.writer(self.evals_file)
+        if new_eval:
+            self.evals.writerow(["env_step", "learner_step", "wall_seconds", "mean", "min", "max", "episodes",
+                                 "truncated", "weights_version"])
+        self.last_eval: float | None = None
+        self.last_eval_version: int | None = None
+        self.scores: deque[float] = deque(maxlen=100)
+        self.start = time.monotonic()
+        self.last = (self.start, 0, 0)
+        self.games = games
+
+    def games_done(self, env_steps: int, games: list[dict]) -> None:
+        wall = round(time.monotonic() - self.start, 1)
+        with self.writer.as_default():
+            for g in games:
+                self.games += 1
+                self.scores.append(g["score"])
+                self.episodes.writerow([env_steps, g["stream"], f"{g['eps']:.5f}", g["score"], wall])
+                self.tf.summary.scalar("episodic_return", g["score"], step=env_steps)
+        self.episodes_file.flush()
+
+    def evaluation(self, env_steps: int, learner_steps: int, version: int, result: dict) -> None:
+        """One finished evaluation: evaluations.csv, TensorBoard and the progress line."""
+        self.last_eval = result["mean"]
+        self.last_eval_version = version
+        self.evals.writerow([env_steps, learner_steps, round(time.monotonic() - self.start, 1),
+                             round(result["mean"], 3), result["min"], result["max"], len(result["scores"]),
+                             result.get("truncated", 0), version])
+        self.evals_file.flush()
+        with self.writer.as_default():
+            self.tf.summary.scalar("eval/mean_score", result["mean"], step=env_steps)
+            self.tf.summary.scalar("eval/max_score", result["max"], step=env_steps)
+        self.writer.flush()
+
+    def progress(self, env_steps: int, learner_steps: int, replay_size: int, learner: dict,
+                 epsilon: float, last_export: float | None, restarts: dict[str, int] | None = None) -> None:
+        now = time.monotonic()
+        t, e, u = self.last
+        dt = max(now - t, 1e-9)
+        env_rate, upd_rate = (env_steps - e) / dt, (learner_steps - u) / dt
+        self.last = (now, env_steps, learner_steps)
+        mean = sum(self.scores) / len(self.scores) if self.scores else float("nan")
+        record = {
+            "wall_seconds": round(now - self.start, 1),
+            "env_steps": env_steps,
+            "learner_steps": learner_steps,
+            "env_steps_per_s": round(env_rate, 1),
+            "learner_steps_per_s": round(upd_rate, 2),
+            "replay_size": replay_size,
+            "games": self.games,
+            "mean_score_100": mean if self.scores else None,
+            "td_loss": learner.get("loss"),
+            "mean_q": learner.get("mean_q"),
+            "epsilon": epsilon,
+            "target_syncs": learner.get("target_syncs", 0),
+            "eval_mean_score": self.last_eval,
+            **{f"{role}_restarts": n for role, n in (restarts or {}).items()},
+        }
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        with self.writer.as_default():
+            for key in ("env_steps_per_s", "learner_steps_per_s", "replay_size", "epsilon", "td_loss", "mean_q"):
+                if record[key] is not None and not (isinstance(record[key], float) and math.isnan(record[key])):
+                    self.tf.summary.scalar(key, record[key], step=env_steps)
+        self.writer.flush()
+        eta = (self.cfg.total_env_steps - env_steps) / env_rate if env_rate > 0 else math.inf
+        export = f"{hms(now - last_export)} ago" if last_export else "none yet"
+        loss = learner.get("loss", float("nan"))
+        print(
+            f"env {env_steps:>10,}/{self.cfg.total_env_steps:,} ({100 * env_steps / self.cfg.total_env_steps:4.1f}%)"
+            f" | {env_rate:6.0f} env/s | {upd_rate:5.1f} upd/s | replay {replay_size:,} | "
+            f"score(last {len(self.scores)}) {mean:6.2f}"
+            + (f" | eval {self.last_eval:6.2f}" if self.last_eval is not None else "")
+            + f" | loss {loss:.4f} | export {export} | eta {hms(eta)}"
+            + "".join(f" | {role} restarts {n}" for role, n in (restarts or {}).items() if n),
+            flush=True,
+        )
+
+    def close(self) -> None:
+        self.evals_file.close()
+        self.metrics.close()
+        self.episodes_file.close()
+        self.writer.close()
+
+
+def best_evaluation(run_dir: Path) -> float:
+    """The best mean score in RUN_DIR/evaluations.csv (-inf when none): the score of best-policy.h5."""
+    try:
+        with open(run_dir / "evaluations.csv", newline="") as f:
+            return max((float(row["mean"]) for row in csv.DictReader(f)), default=-math.inf)
+    except (OSError, KeyError, ValueError):
+        return -math.inf
