@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 PRECISIONS = ("auto", "float32", "bfloat16")  # of the networks' arithmetic (core.network)
@@ -77,17 +77,20 @@ def build_parser(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    groups = {title: parser.add_argument_group(title) for title in getattr(cls, "GROUPS", {})}
+    group_of = {name: groups[title] for title, names in getattr(cls, "GROUPS", {}).items() for name in names}
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
+        where = group_of.get(f.name, parser)
         name = "--" + f.name.replace("_", "-")
         kind = _TYPES[_base_type(f)]
         if kind is _bool:
             # a bare --flag means true, as users expect of a switch; --flag false still works
-            parser.add_argument(name, type=_bool, nargs="?", const=True, default=f.default, metavar="{true,false}",
-                                help=_describe(f))
+            where.add_argument(name, type=_bool, nargs="?", const=True, default=f.default, metavar="{true,false}",
+                               help=_describe(f))
         else:
-            parser.add_argument(
+            where.add_argument(
                 name, type=kind, default=f.default, choices=f.metadata["choices"], help=_describe(f)
             )
     return parser
@@ -174,28 +177,56 @@ def default_num_actors() -> int:
 @dataclasses.dataclass
 class Config:
     """Every setting of a distributed run: built once from the command line by ``launch.py``
-    and handed, unchanged, to the replay, learner and explorer actors."""
+    and handed, unchanged, to the replay, learner and explorer actors.
 
-    # which settings to start from (flags given beside it override its values)
+    Its fields come in two kinds, declared apart and shown apart in ``--help`` (:attr:`GROUPS`):
+    algorithm settings (what is learned, and how) and deployment settings (where the run executes
+    and where its files go: cluster address, placement, threads, run folder). Deployment settings
+    change throughput, never what a given stream of experience teaches the network."""
+
+    #: ``--help`` sections, in order: title -> the fields shown under it
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "algorithm: what to play, for how long": (
+            "preset", "game", "total_env_steps", "learning_starts", "seed",
+        ),
+        "algorithm: acting": (
+            "num_actors", "envs_per_actor", "exploration", "ladder_base", "ladder_alpha", "epsilon", "eps_start",
+            "eps_end", "eps_anneal_steps", "weight_sync_every",
+        ),
+        "algorithm: replay": (
+            "replay_capacity", "samples_per_insert", "prioritized", "priority_alpha", "priority_beta", "n_step",
+        ),
+        "algorithm: learning": (
+            "batch_size", "learning_rate", "adam_epsilon", "gamma", "huber_delta", "grad_clip_norm", "double_dqn",
+            "dueling", "target_update", "updates_per_call",
+        ),
+        "algorithm: evaluation": (
+            "eval_every", "eval_episodes", "eval_epsilon", "eval_max_steps",
+        ),
+        "deployment: run folder and outputs": (
+            "run_dir", "resume", "export_every", "checkpoint_every", "save_replay", "snapshot_every", "log_every",
+        ),
+        "deployment: cluster, placement, threads, arithmetic": (
+            "address", "num_cpus", "explorer_cpus", "explorer_resource", "explorer_priority", "learner_gpus",
+            "learner_threads", "learner_precision", "actor_precision",
+        ),
+    }
+
+    # ===== ALGORITHM: what is learned, and how =====
+    # --- algorithm: what to play, for how long
     preset: str = flag("apex", "hyperparameter set: apex (Ape-X: n-step 3, prioritized replay, double DQN, "
                        "epsilon ladder, scaled to --num-actors; keras-rl's plain Atari network) or classic "
                        "(keras-rl dqn_atari.py: 1-step, uniform replay, annealed epsilon); every value is listed "
                        "at the end of --help",
                        choices=("apex", "classic"))
-    # what to play and for how long
     game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
     total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
     learning_starts: int = flag(50_000, "agent steps collected before the learner starts", low=1)
-    # acting
+    seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
+    # --- algorithm: acting
     num_actors: int = flag(default_num_actors(), "explorer actors (default: CPU cores - 1)", low=1, high=4096)
     envs_per_actor: int = flag(8, "emulators per explorer, stepped together with one batched forward pass",
                                low=1, high=256)
-    actor_precision: str = flag("auto", "explorers' inference arithmetic: float32, bfloat16 or auto, as "
-                                "--learner-precision (1.5x faster forward passes on AVX-512 BF16 CPUs)",
-                                choices=PRECISIONS)
-    explorer_priority: str = flag("idle", "CPU priority of explorers and the evaluator: idle (Linux SCHED_IDLE: "
-                                  "they run on the CPU time the learner, the bottleneck at a fixed replay ratio, "
-                                  "leaves), low (nice 19) or normal", choices=PRIORITIES)
     exploration: str = flag("ladder", "epsilon per emulator stream: ladder (Ape-X: eps_i = base^(1 + alpha i/(N-1))"
                             " over all N streams), fixed (--epsilon) or anneal (--eps-start -> --eps-end)",
                             choices=("ladder", "fixed", "anneal"))
@@ -207,7 +238,7 @@ class Config:
     eps_anneal_steps: int = flag(1_000_000, "agent steps (all actors together) of the linear anneal", low=1)
     weight_sync_every: int = flag(400, "agent steps per explorer between weight refreshes; experience is pushed "
                                   "to the replay at the same cadence", low=1)
-    # replay
+    # --- algorithm: replay
     replay_capacity: int = flag(1_000_000, "replay memory size in transitions (about 7 KB each); on a local run "
                                 "the default shrinks to what this machine's free memory holds (down to 100,000)",
                                 low=100)
@@ -218,7 +249,7 @@ class Config:
     priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
                                 "over the run's learner steps", low=0.0, high=1.0)
     n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
-    # learning
+    # --- algorithm: learning
     batch_size: int = flag(32, "transitions per learner update (apex preset: 32 per 4 explorers, 512 at most)",
                            low=1, high=8192)
     learning_rate: float = flag(1e-4, "Adam learning rate", low=0.0, high=1.0)
@@ -232,36 +263,31 @@ class Config:
                          "Dense(n_actions) layer, so Q is still one linear map of the 512 features (no capacity "
                          "over the plain head), and policy.h5 loads only into keras-rl's dueling agent (see "
                          "docs/learning.md); default off: the plain network every keras-rl Atari agent loads")
-    target_update: int = flag(2_500, "copy the online network to the target every N learner steps "
-                              "(2,500 updates = DQN's 10,000 agent steps at 4 steps per update)", low=1)
+    target_update: int = flag(2_500, "copy the online network to the target every N learner steps (updates, "
+                              "not agent steps as in train.py: 2,500 updates = DQN's 10,000 agent steps at 4 steps "
+                              "per update)", low=1)
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
                                  low=1, high=10_000)
-    learner_gpus: float = flag(0.0, "GPUs for the learner (needs a GPU node and a CUDA TensorFlow)", low=0.0)
-    learner_precision: str = flag("auto", "learner arithmetic: float32; bfloat16 (mixed precision: float32 "
-                                  "weights and Q-head, policy.h5 unchanged); auto = bfloat16 where the "
-                                  "learner's node multiplies bf16 natively (AVX-512 BF16/AMX CPUs, GPUs of "
-                                  "compute capability 8+), else float32", choices=PRECISIONS)
-    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: auto, the CPUs the explorers leave "
-                                "free, at most one node's, at least 1)", low=0)
-    # evaluation
+    # --- algorithm: evaluation
     eval_every: int = flag(100_000, "agent steps between evaluations of the newest network (0: off); the best "
                            "one is also written as RUN_DIR/best-policy.h5", low=0)
     eval_episodes: int = flag(8, "games per evaluation, played at once", low=1, high=256)
     eval_epsilon: float = flag(0.05, "epsilon during evaluation games", low=0.0, high=1.0)
     eval_max_steps: int = flag(27_000, "agent-step cap of an evaluation game (27,000 = 108,000 frames)", low=1)
-    # outputs
+    # ===== DEPLOYMENT: where the run executes and where its files go =====
+    # --- deployment: run folder and outputs
+    run_dir: str | None = flag(None, "folder for policy.h5, logs and TensorBoard (default: runs/<game>-<time>)")
+    resume: str | None = flag(None, "continue the run in this run directory from its checkpoint, with its "
+                              "config.json; flags given beside it override (e.g. a larger --total-env-steps)")
     export_every: int = flag(10_000, "write RUN_DIR/policy.h5 every N learner steps (and at the end)", low=1)
     checkpoint_every: int = flag(10_000, "write RUN_DIR/checkpoint.npz every N learner steps (and at the end)",
                                  low=1)
     save_replay: bool = flag(False, "also save the replay memory with every checkpoint (RUN_DIR/replay.npz, "
                              "about 7 KB per transition) so --resume continues with it instead of refilling")
-    resume: str | None = flag(None, "continue the run in this run directory from its checkpoint, with its "
-                              "config.json; flags given beside it override (e.g. a larger --total-env-steps)")
     snapshot_every: int = flag(0, "keep a copy of the network every N agent steps in RUN_DIR/snapshots/ with "
                                "RUN_DIR/snapshots.csv (0: off)", low=0)
-    run_dir: str | None = flag(None, "folder for policy.h5, logs and TensorBoard (default: runs/<game>-<time>)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
-    # where
+    # --- deployment: cluster, placement, threads, arithmetic
     address: str | None = flag(None, "Ray to use: unset = a fresh local Ray on this machine; 'auto' or "
                                "HOST:PORT = join that running cluster")
     num_cpus: int | None = flag(None, "CPUs of the local Ray (default: this machine's cores)", low=1)
@@ -270,7 +296,25 @@ class Config:
     explorer_resource: str | None = flag(None, "custom Ray resource each explorer needs one unit of: nodes that "
                                          "declare it host explorers, that many each (cluster.yaml gives worker "
                                          "nodes 'explorer')")
-    seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
+    explorer_priority: str = flag("idle", "CPU priority of explorers and the evaluator: idle (Linux SCHED_IDLE: "
+                                  "they run on the CPU time the learner, the bottleneck at a fixed replay ratio, "
+                                  "leaves), low (nice 19) or normal", choices=PRIORITIES)
+    learner_gpus: float = flag(0.0, "GPUs for the learner (needs a GPU node and a CUDA TensorFlow)", low=0.0)
+    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: auto, the CPUs the explorers leave "
+                                "free, at most one node's, at least 1)", low=0)
+    learner_precision: str = flag("auto", "learner arithmetic: float32; bfloat16 (mixed precision: float32 "
+                                  "weights and Q-head, policy.h5 unchanged); auto = bfloat16 where the "
+                                  "learner's node multiplies bf16 natively (AVX-512 BF16/AMX CPUs, GPUs of "
+                                  "compute capability 8+), else float32", choices=PRECISIONS)
+    actor_precision: str = flag("auto", "explorers' inference arithmetic: float32, bfloat16 or auto, as "
+                                "--learner-precision (1.5x faster forward passes on AVX-512 BF16 CPUs)",
+                                choices=PRECISIONS)
+    def settings(self, kind: str) -> dict[str, Any]:
+        """The ``algorithm`` or ``deployment`` settings (see :attr:`GROUPS`), by field name."""
+        names = [n for title, fields in self.GROUPS.items() if title.startswith(kind + ":") for n in fields]
+        if not names:
+            raise ValueError(f"kind must be algorithm or deployment, not {kind!r}")
+        return {n: getattr(self, n) for n in names}
 
     @property
     def num_streams(self) -> int:

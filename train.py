@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kerasrl_compat
 from config import check_run_dir, check_writable_folder, flag, hms, parse
 
 EPILOG = """outputs:
   OUTPUT                   the final Q-network (keras-rl DQNAgent.save_weights), also on Ctrl-C
-  RUN_DIR/episodes.csv     raw score of every game played
-  RUN_DIR/checkpoint.h5    the network every --checkpoint-every steps
+  RUN_DIR/episodes.csv     raw score of every game played: game, env_step, game_score, wall_seconds
+                           (launch.py's episodes.csv has other columns: see its --help)
+  RUN_DIR/checkpoint-weights.h5
+                           the network's weights every --checkpoint-every steps (runs before this
+                           name was taken wrote RUN_DIR/checkpoint.h5; it is only weights, unlike
+                           launch.py's checkpoint.npz, which --resume continues from)
   RUN_DIR/snapshots/       policy-<step>.h5 every --snapshot-every steps, listed in
                            RUN_DIR/snapshots.csv (file,env_steps,learner_steps,wall_seconds)
   RUN_DIR/config.json      the settings of this run
@@ -33,6 +36,10 @@ EPILOG = """outputs:
 example:
   python train.py --steps 2000 --warmup 500 --memory-limit 5000 --output runs/try/policy.h5
 """
+
+#: weights only, every --checkpoint-every steps; not named checkpoint.h5 (as before) beside launch.py's checkpoint.npz
+CHECKPOINT = "checkpoint-weights.h5"
+OLD_CHECKPOINT = "checkpoint.h5"  # what runs before the rename wrote: such a folder still counts as a run
 
 
 @dataclass
@@ -44,7 +51,8 @@ class TrainConfig:
     output: str = flag("policy.h5", "where the trained network is written")
     overwrite: bool = flag(False, "replace OUTPUT if it already exists")
     run_dir: str | None = flag(None, "folder for logs and checkpoints (default: runs/classic-<time>)")
-    target_update: float = flag(10_000, "target network sync every N steps (< 1: soft update rate)", low=0.0)
+    target_update: float = flag(10_000, "copy the network to the target every N agent steps (keras-rl target_model_update; "
+                                "launch.py counts learner steps; < 1: soft update rate)", low=0.0)
     train_interval: int = flag(4, "train on one batch every N agent steps", low=1)
     batch_size: int = flag(32, "transitions per training batch", low=1, high=4096)
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0)
@@ -53,7 +61,7 @@ class TrainConfig:
     eps_start: float = flag(1.0, "exploration epsilon at step 0", low=0.0, high=1.0)
     eps_end: float = flag(0.1, "exploration epsilon after --eps-steps", low=0.0, high=1.0)
     eps_steps: int = flag(1_000_000, "steps over which epsilon is annealed linearly", low=1)
-    checkpoint_every: int = flag(250_000, "save RUN_DIR/checkpoint.h5 every N steps", low=1)
+    checkpoint_every: int = flag(250_000, "save RUN_DIR/checkpoint-weights.h5 every N steps", low=1)
     snapshot_every: int = flag(
         0, "keep RUN_DIR/snapshots/policy-<step>.h5 every N steps for learning curves (0: off)", low=0
     )
@@ -82,20 +90,20 @@ class TrainConfig:
         earlier run's folder is never written over."""
         if self.run_dir is None:
             self.run_dir = time.strftime("runs/classic-%Y%m%d-%H%M%S")
-        check_run_dir(Path(self.run_dir), ("config.json", "episodes.csv", "checkpoint.h5"),
+        check_run_dir(Path(self.run_dir), ("config.json", "episodes.csv", CHECKPOINT, OLD_CHECKPOINT),
                       "choose another --run-dir")
         check_writable_folder(Path(self.output).resolve().parent, "--output's folder")
 
 
-def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
+def _progress_callback(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
     from rl.callbacks import Callback
 
     from core.atomic import write_atomically
     from core.policy_file import SnapshotWriter
     from learner.classic import kerasrl_train_steps
 
-    class RunLog(Callback):
-        """Progress lines, the raw-score CSV and periodic checkpoints."""
+    class ProgressCallback(Callback):
+        """Progress lines, the raw-score CSV and periodic checkpoints (keras-rl calls it every step)."""
 
         def __init__(self) -> None:
             self.scores: deque[float] = deque(maxlen=20)
@@ -120,7 +128,7 @@ def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
             if not all(math.isnan(m) for m in logs["metrics"]):  # NaN on steps without training
                 self.metrics = logs["metrics"]
             if agent_step % cfg.checkpoint_every == 0:
-                write_atomically(run_dir / "checkpoint.h5", lambda p: agent.save_weights(p, overwrite=True))
+                write_atomically(run_dir / CHECKPOINT, lambda p: agent.save_weights(p, overwrite=True))
             if cfg.snapshot_every and agent_step % cfg.snapshot_every == 0:
                 self.snapshots.write(agent.model, agent_step, kerasrl_train_steps(agent))
             now = time.monotonic()
@@ -146,7 +154,7 @@ def _run_log(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
             self.aborted = bool((logs or {}).get("did_abort"))
             self.csv_file.close()
 
-    return RunLog()
+    return ProgressCallback()
 
 
 
@@ -158,48 +166,20 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Run keras-rl's DQN on ``cfg.game``; return the path of the saved network. ``cfg`` has been
     through :meth:`TrainConfig.prepare`."""
-    import random
-
-    import numpy as np
-    tf = kerasrl_compat.load_tensorflow()
-    from rl.memory import SequentialMemory
-    from rl.policy import EpsGreedyQPolicy, LinearAnnealedPolicy
-
-    from core.atari import make_env
     from core.atomic import write_atomically
-    from learner.classic import make_dqn_agent
+    from learner.classic import classic_training
 
     run_dir = Path(cfg.run_dir)  # filled in and checked by cfg.prepare(), which main() ran
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    tf.random.set_seed(cfg.seed)
-    env = kerasrl_compat.OldGymAPI(make_env(cfg.game, training=True, seed=cfg.seed))
+    env, agent = classic_training(
+        cfg.game, seed=cfg.seed, memory_limit=cfg.memory_limit, warmup=cfg.warmup, target_update=cfg.target_update,
+        train_interval=cfg.train_interval, batch_size=cfg.batch_size, gamma=cfg.gamma, delta_clip=cfg.delta_clip,
+        learning_rate=cfg.learning_rate, eps_start=cfg.eps_start, eps_end=cfg.eps_end, eps_steps=cfg.eps_steps,
+        dueling=cfg.dueling, double_dqn=cfg.double_dqn,
+    )
     n_actions = env.action_space.n
-    policy = LinearAnnealedPolicy(
-        EpsGreedyQPolicy(),
-        attr="eps",
-        value_max=cfg.eps_start,
-        value_min=cfg.eps_end,
-        value_test=0.05,
-        nb_steps=cfg.eps_steps,
-    )
-    agent = make_dqn_agent(
-        n_actions,
-        policy=policy,
-        memory=SequentialMemory(limit=cfg.memory_limit, window_length=4),
-        warmup=cfg.warmup,
-        target_update=cfg.target_update,
-        train_interval=cfg.train_interval,
-        gamma=cfg.gamma,
-        batch_size=cfg.batch_size,
-        delta_clip=cfg.delta_clip,
-        learning_rate=cfg.learning_rate,
-        enable_dueling=cfg.dueling,
-        enable_double_dqn=cfg.double_dqn,
-    )
     variant = ", ".join(name for name, on in (("dueling", cfg.dueling), ("double DQN", cfg.double_dqn)) if on)
     print(
         f"training {cfg.game} ({n_actions} actions) for {cfg.steps:,} steps with keras-rl DQNAgent"
@@ -207,7 +187,7 @@ def train(cfg: TrainConfig) -> Path:
         f"logs in {run_dir}/, network to {cfg.output}. Ctrl-C stops and saves.",
         flush=True,
     )
-    log = _run_log(cfg, run_dir, agent)
+    log = _progress_callback(cfg, run_dir, agent)
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         agent.fit(env, nb_steps=cfg.steps, callbacks=[log], verbose=0)

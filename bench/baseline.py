@@ -3,8 +3,8 @@ beside the raw emulator's steps/s, all measured in this run.
 
 keras-rl's ``rl.agents`` switches TensorFlow to graph mode for the whole process, so each keras-rl
 measurement runs in a child process (this script with --child). The child builds exactly what
-train.py builds (make_env(training=True) behind the old-gym adapter, SequentialMemory, annealed
-EpsGreedyQPolicy, learner.classic.make_dqn_agent: train every 4 steps, batch 32) and times
+train.py builds, with the same function (learner.classic.classic_training: train every 4 steps,
+batch 32) and times
 ``agent.fit`` with a callback: the warm-up (acting and storing only), then --skip training steps
 untimed (graph building), then --measure training steps timed.
 
@@ -26,32 +26,17 @@ from bench import common  # noqa: E402
 def child(args: argparse.Namespace) -> None:
     """One keras-rl fit, timed; prints the result as one JSON line."""
     common.pin(common.parse_cores(args.cores))
-    import random
-
-    import numpy as np
-
     import kerasrl_compat
 
     tf = kerasrl_compat.load_tensorflow()
     kerasrl_compat.prepare_rl()  # rl.callbacks needs fix 1 before its import
     from rl.callbacks import Callback
-    from rl.memory import SequentialMemory
-    from rl.policy import EpsGreedyQPolicy, LinearAnnealedPolicy
 
-    from core.atari import make_env
-    from learner.classic import make_dqn_agent
+    from learner.classic import classic_training
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    tf.random.set_seed(args.seed)
-    env = kerasrl_compat.OldGymAPI(make_env("Breakout", training=True, seed=args.seed))
-    policy = LinearAnnealedPolicy(EpsGreedyQPolicy(), attr="eps", value_max=1.0, value_min=0.1, value_test=0.05,
-                                  nb_steps=1_000_000)
-    agent = make_dqn_agent(
-        env.action_space.n, policy=policy, memory=SequentialMemory(limit=args.memory_limit, window_length=4),
-        warmup=args.warmup, target_update=10_000, train_interval=4, batch_size=32,
-        fast_state_batch=args.child == "fixed",
-    )
+    env, agent = classic_training(  # train.py's defaults, with this run's sizes
+        "Breakout", seed=args.seed, memory_limit=args.memory_limit, warmup=args.warmup,
+        fast_state_batch=args.child == "fixed")
     # rl.core calls on_step_end before incrementing agent.step: agent.step is the 0-based index of
     # the step just finished; keras-rl trains at indices > warmup that are multiples of 4.
     marks = {0: "start", args.warmup: "warm", args.warmup + args.skip: "train0",
