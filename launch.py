@@ -29,7 +29,8 @@ EPILOG = """run directory (--run-dir):
   replay.npz       the replay memory, with --save-replay
   config.json      every setting of this run
   metrics.jsonl    one record per progress line (the same scalars as TensorBoard)
-  episodes.csv     raw score of every finished game: env step, stream, epsilon, score
+  episodes.csv     raw score of every finished game: env_step, stream, epsilon, score, wall_seconds
+                   (train.py's episodes.csv has other columns: game, env_step, game_score, wall_seconds)
   evaluations.csv  every evaluation (--eval-every): env and learner step, mean/min/max raw score
   best-policy.h5   the network with the best evaluation so far (keras-rl DQNAgent format)
   snapshots/       with --snapshot-every: policy-<agent step>.h5 copies, listed in snapshots.csv
@@ -42,8 +43,6 @@ examples:
   python launch.py --total-env-steps 3000 --learning-starts 500 --replay-capacity 5000 --run-dir runs/try
   python play.py --weights runs/try/policy.h5
 """
-
-
 
 
 def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: type | None = None) -> Path:

@@ -139,3 +139,38 @@ def test_switches_need_no_value_and_help_gives_each_default_once() -> None:
     assert "(default: runs/<game>-<time>)" in text and "(default: runs/<game>-<time>) (default" not in text
     assert "(default: CPU cores - 1) [1..4096]" in text and "[1..4096] (default" not in text
     assert "512 at most) [1..8192] (default: 32)" in text  # flags without their own default note still get one
+
+
+def test_settings_are_grouped_as_algorithm_and_deployment_in_the_object_and_in_help() -> None:
+    """Every flag sits in exactly one --help group, the class declares them in that order, and the
+    deployment groups hold what says where a run executes, never how it learns."""
+    import dataclasses
+
+    from config import build_parser
+
+    grouped = [name for names in Config.GROUPS.values() for name in names]
+    assert grouped == [f.name for f in dataclasses.fields(Config)]  # each once, in declaration order
+    assert all(title.split(":")[0] in ("algorithm", "deployment") for title in Config.GROUPS)
+    deployment = Config().settings("deployment")
+    assert {"address", "run_dir", "learner_threads", "explorer_resource", "num_cpus"} <= set(deployment)
+    assert not {"gamma", "n_step", "batch_size", "target_update"} & set(deployment)
+    assert set(deployment) | set(Config().settings("algorithm")) == set(grouped)
+    help_text = build_parser(Config, "").format_help()
+    for title in Config.GROUPS:
+        assert f"\n{title}:\n" in help_text
+    with pytest.raises(ValueError, match="algorithm or deployment"):
+        Config().settings("other")
+
+
+def test_train_py_never_writes_into_a_folder_with_a_weights_checkpoint_old_or_new(tmp_path: Path) -> None:
+    """train.py's periodic weights are checkpoint-weights.h5 now; runs before the rename wrote
+    checkpoint.h5, and their folders are still refused as run folders."""
+    import train
+
+    for name in (train.CHECKPOINT, train.OLD_CHECKPOINT):
+        run = tmp_path / name.replace(".", "-")
+        run.mkdir()
+        (run / name).write_bytes(b"")
+        cfg = TrainConfig(run_dir=str(run), output=str(tmp_path / "out.h5"))
+        with pytest.raises(ValueError, match="already holds a run"):
+            cfg.prepare()
