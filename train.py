@@ -51,8 +51,9 @@ class TrainConfig:
     output: str = flag("policy.h5", "where the trained network is written")
     overwrite: bool = flag(False, "replace OUTPUT if it already exists")
     run_dir: str | None = flag(None, "folder for logs and checkpoints (default: runs/classic-<time>)")
-    target_update: float = flag(10_000, "copy the network to the target every N agent steps (keras-rl target_model_update; "
-                                "launch.py counts learner steps; < 1: soft update rate)", low=0.0)
+    target_update: float = flag(10_000, "copy the network to the target every N agent steps (keras-rl "
+                                "target_model_update; launch.py counts learner steps; < 1: soft update rate)",
+                                low=0.0)
     train_interval: int = flag(4, "train on one batch every N agent steps", low=1)
     batch_size: int = flag(32, "transitions per training batch", low=1, high=4096)
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0)
