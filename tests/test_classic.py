@@ -22,7 +22,8 @@ from procs import stock_kerasrl
 
 ROOT = Path(__file__).resolve().parents[1]
 ATARI_PARAMS = 1_686_180
-TRAIN_ARGS = ["--steps", "300", "--warmup", "100", "--memory-limit", "1000", "--log-every", "0.1"]
+TRAIN_ARGS = ["--steps", "300", "--warmup", "100", "--memory-limit", "1000", "--log-every", "0.1",
+              "--checkpoint-every", "200"]
 
 
 def run(tmp_path: Path, name: str, args: list[str], *, repo_on_path: bool = True) -> subprocess.CompletedProcess:
@@ -88,6 +89,8 @@ def test_train_writes_policy_and_run_logs(trained):
     assert re.search(rf"^done after 300 steps; network saved to {re.escape(str(work / 'policy.h5'))}$", out, re.M)
     assert (work / "policy.h5").is_file()
     assert not [p for p in work.iterdir() if p.name.startswith(".policy.h5.")]  # no temporary left
+    # the periodic weights: not checkpoint.h5 (easily taken for launch.py's checkpoint.npz)
+    assert (work / "run" / "checkpoint-weights.h5").is_file() and not (work / "run" / "checkpoint.h5").exists()
 
     config = json.loads((work / "run" / "config.json").read_text())
     assert config["steps"] == 300 and config["warmup"] == 100 and config["memory_limit"] == 1000

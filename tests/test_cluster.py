@@ -125,7 +125,7 @@ def test_code_is_shipped_as_working_dir(monkeypatch: pytest.MonkeyPatch, tmp_pat
                    excludes=ray_constants.get_runtime_env_default_excludes() + env["excludes"])
     names = zipfile.ZipFile(package).namelist()
     for needed in ("launch.py", "config.py", "kerasrl_compat.py", "actors/explorer.py", "learner/learner.py",
-                   "replay/server.py"):
+                   "replay/server.py", "core/network.py", "distributed/driver.py"):
         assert any(n.endswith(needed) for n in names), needed
     assert not any(part in n for n in names for part in (".venv/", "runs/", "tests/", ".git/"))
     assert package.stat().st_size < 5_000_000
