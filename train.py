@@ -175,10 +175,10 @@ def train(cfg: TrainConfig) -> Path:
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     env, agent = classic_training(
-        cfg.game, seed=cfg.seed, memory_limit=cfg.memory_limit, warmup=cfg.warmup, target_update=cfg.target_update,
+        cfg.game, seed=cfg.seed, memory_limit=cfg.memory_limit, eps_start=cfg.eps_start, eps_end=cfg.eps_end,
+        eps_steps=cfg.eps_steps, warmup=cfg.warmup, target_update=cfg.target_update,
         train_interval=cfg.train_interval, batch_size=cfg.batch_size, gamma=cfg.gamma, delta_clip=cfg.delta_clip,
-        learning_rate=cfg.learning_rate, eps_start=cfg.eps_start, eps_end=cfg.eps_end, eps_steps=cfg.eps_steps,
-        dueling=cfg.dueling, double_dqn=cfg.double_dqn,
+        learning_rate=cfg.learning_rate, enable_dueling=cfg.dueling, enable_double_dqn=cfg.double_dqn,
     )
     n_actions = env.action_space.n
     variant = ", ".join(name for name, on in (("dueling", cfg.dueling), ("double DQN", cfg.double_dqn)) if on)

@@ -19,7 +19,6 @@ Target: at its best K, at least 60% of the raw emulator rate per core. Raw = ale
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import os
@@ -77,7 +76,7 @@ def explorer_rate(k: int, seed: int, sync_every: int, precision: str = "auto"):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--envs", default="1,4,16,32",
                    help="comma-separated emulator counts K per explorer to measure (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=4.0,
@@ -90,12 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated --actor-precision settings (auto, float32, bfloat16); the first is "
                         "judged, auto being the product default (default: %(default)s)")
     p.add_argument("--core", type=int, default=0, help="CPU core to pin to (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also print a cProfile of the explorer loop with K emulators, its CPU time per step "
                         "by part, and the target as a time budget beyond the env (0: none)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
 
     cores = common.pin([args.core])
     tf = common.tf_threads(1)

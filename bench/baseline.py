@@ -66,7 +66,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--warmup", type=int, default=1000,
                    help="keras-rl nb_steps_warmup: random-ish acting that fills the memory (default: %(default)s)")
     p.add_argument("--skip", type=int, default=100,
@@ -86,12 +86,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--variants", default="stock,fixed",
                    help="which keras-rl variants to run: stock (keras-rl2's object-array state batching), "
                         "fixed (kerasrl_compat fix 4, what train.py uses) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=1200,
-                   help="seconds before a child is killed (default: %(default)s)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--child", choices=("stock", "fixed"), help=argparse.SUPPRESS)  # internal: one keras-rl run
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, timeout=1200, child=("stock", "fixed"))  # --child: one keras-rl run
     if args.child:
         child(args)
         return None

@@ -8,6 +8,7 @@ processes on a shared machine falls on all of them alike, and reports medians.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -386,4 +387,30 @@ def ray_session(num_cpus: int, quiet: bool = True) -> Iterator[Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parser(doc: str | None, allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    """The argument parser every benchmark starts from: its docstring as the description."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=allow_abbrev)
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, *, seed: str = "random seed",
+          json_path: str | None | bool = None, timeout: float | None = None, child: Any = None) -> argparse.Namespace:
+    """Add the flags every benchmark shares, then parse: --seed (``seed`` says what it seeds),
+    --json (``json_path`` its default; False: none), --timeout for child processes (when given a
+    default) and the internal --child (``child``: its choices, or True for a switch)."""
+    p.add_argument("--seed", type=int, default=0, help=f"{seed} (default: %(default)s)")
+    if timeout is not None:
+        p.add_argument("--timeout", type=float, default=timeout,
+                       help="seconds before a child process is killed (default: %(default)s)")
+    if json_path is not False:
+        default = " (default: %(default)s; '' for none)" if json_path else ""
+        p.add_argument("--json", metavar="PATH", default=json_path,
+                       help="also write the results as JSON to PATH" + default)
+    if child is True:
+        p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: one child run
+    elif child:
+        p.add_argument("--child", choices=child, help=argparse.SUPPRESS)  # internal: one child run
+    return p.parse_args(argv)
 

@@ -18,7 +18,6 @@ Reference target: ours >= 60% of the raw rate, a prerequisite of the explorer's 
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import os
@@ -32,18 +31,16 @@ TARGET = 0.60
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--seconds", type=float, default=3.0,
                    help="seconds per timed measurement of each loop (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds; the median is reported (default: %(default)s)")
     p.add_argument("--core", type=int, default=0,
                    help="CPU core to pin this process to; -1: no pinning (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="emulator and action seed (default: %(default)s)")
     p.add_argument("--profile", action="store_true",
                    help="also print a cProfile of our env's step (where the preprocessing time goes)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, seed="emulator and action seed")
 
     cores = common.pin([args.core] if args.core >= 0 else None)
     m = common.machine()

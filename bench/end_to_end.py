@@ -170,7 +170,7 @@ def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_hel
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--seconds", type=float, default=150,
                    help="wall time of each run, from process start to SIGTERM (default: %(default)s)")
     p.add_argument("--configs", default="1x8,1x16",
@@ -191,11 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="extra flags for launch.py, e.g. '--updates-per-call 50' (default: none)")
     p.add_argument("--skip-train", action="store_true",
                    help="do not run train.py (no ratio; for trying launch.py configurations only)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, both runs (default: %(default)s)")
     p.add_argument("--keep", action="store_true",
                    help="keep the runs' directories, logs and Ray session files (paths printed)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, seed="random seed, both runs")
 
     m = common.machine()
     common.print_machine(m)

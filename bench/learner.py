@@ -310,7 +310,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--batches", default="32,512", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--double", default="on,off",
                    help="double-DQN settings to measure: on, off or both (default: %(default)s)")
@@ -341,12 +341,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "launch.py path, no explorers) and compare with the in-process rate")
     p.add_argument("--updates-per-call", type=int, default=20,
                    help="updates per Learner.train call with --ray, launch.py's default (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the synthetic batches (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=1200,
-                   help="seconds before the child is killed (default: %(default)s)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, seed="random seed for the synthetic batches", timeout=1200, child=True)
     args.batch_sizes = [int(b) for b in args.batches.split(",")]
     args.doubles = [{"on": True, "off": False}[d] for d in args.double.split(",")]
     args.variants = args.variants.split(",")

@@ -38,8 +38,7 @@ FRAMES_PER_STEP = 4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = common.parser(__doc__, allow_abbrev=False)
     p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget of each trainer (default: 45)")
     p.add_argument("--eval-episodes", type=int, default=8, help="games per snapshot evaluation (default: 8)")
     p.add_argument("--eval-epsilon", type=float, default=0.05, help="epsilon of evaluation games (default: 0.05)")
@@ -60,7 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/learning_curve",
                    help="output prefix: OUT.csv, OUT.png, OUT.json; docs/learning_curve is the committed one "
                         "(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of both runs (default: %(default)s)")
     p.add_argument("--only", choices=("train", "launch"), default=None,
                    help="run one trainer only (with --baseline-csv: launch.py against an earlier keras-rl run)")
     p.add_argument("--baseline-csv", default=None,
@@ -71,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare-label", default="launch.py, earlier run",
                    help="legend label of the --compare-csv curve (default: %(default)s)")
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --work")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, seed="random seed of both runs", json_path=False)
     if args.minutes <= 0 or args.eval_episodes < 1 or args.snapshots < 2:
         p.error("--minutes must be > 0, --eval-episodes >= 1, --snapshots >= 2")
     if args.evaluate_only and not args.work:

@@ -54,7 +54,7 @@ def make_chunks(rng: np.random.Generator, pool: np.ndarray, streams: int, chunk:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--capacity", type=int, default=100_000, help="transitions held (default: %(default)s)")
     p.add_argument("--streams", type=int, default=8, help="emulator streams (default: %(default)s)")
     p.add_argument("--chunk", type=int, default=50, help="transitions per chunk per stream (default: %(default)s)")
@@ -63,11 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=2000, help="sample calls timed at batch 32 (default: %(default)s)")
     p.add_argument("--big-repeats", type=int, default=100,
                    help="sample calls timed at batch 512 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--no-tune-malloc", action="store_true",
                    help="keep glibc's default trim threshold (shows the page-fault cost of fresh batch arrays)")
     p.add_argument("--ray", action="store_true", help="also time add_chunks / sample through the Ray actor")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, json_path=False)
 
     tuned = False if args.no_tune_malloc else tune_malloc()
     rng = np.random.default_rng(args.seed)

@@ -109,7 +109,7 @@ def plot(points: list[dict], raw: float, cores: int, path: str, envs: int) -> No
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--explorers", default="1,2,4",
                    help="comma-separated explorer counts to measure (default: %(default)s)")
     p.add_argument("--envs", type=int, default=8, help="emulators per explorer (default: %(default)s)")
@@ -125,12 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="CPUs of the local Ray; 0: this machine's cores (default: %(default)s)")
     p.add_argument("--raw-seconds", type=float, default=3.0,
                    help="seconds of the raw-emulator reference, one core (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--plot", default="runs/bench/scaling.png",
                    help="where the PNG goes; docs/scaling.png is the committed one (default: %(default)s)")
-    p.add_argument("--json", metavar="PATH", default="runs/bench/scaling.json",
-                   help="where the data goes as JSON (default: %(default)s; '' for none)")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv, json_path="runs/bench/scaling.json")
 
     m = common.machine()
     common.print_machine(m)

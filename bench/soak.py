@@ -12,7 +12,6 @@ that growth stays near zero once the replay is full.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import common  # noqa: E402
 
 ROLES = {"ray::Learner": "learner", "ray::ReplayServer": "replay", "ray::Explorer": "explorers"}
 
@@ -91,7 +91,7 @@ def sampler(run_dir: Path, every: float, deadline: float, samples: list[dict]) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__)
     parser.add_argument("--minutes", type=float, default=30.0, help="how long to run (default: 30)")
     parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between samples (default: 30)")
     parser.add_argument("--num-actors", type=int, default=1, help="explorers (default: 1)")

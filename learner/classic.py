@@ -98,25 +98,16 @@ def classic_training(
     *,
     seed: int,
     memory_limit: int,
-    warmup: int,
-    target_update: float = 10_000,
-    train_interval: int = 4,
-    batch_size: int = 32,
-    gamma: float = 0.99,
-    delta_clip: float = 1.0,
-    learning_rate: float = 2.5e-4,
     eps_start: float = 1.0,
     eps_end: float = 0.1,
     eps_steps: int = 1_000_000,
-    dueling: bool = False,
-    double_dqn: bool = False,
-    fast_state_batch: bool = True,
+    **agent_options: Any,
 ) -> tuple[Any, Any]:
     """``(env, agent)`` for keras-rl's ``examples/dqn_atari.py`` run on ``game``: what train.py trains
     and bench/baseline.py times, built in one place. Seeds Python, NumPy and TensorFlow with ``seed``;
     the training env (clipped rewards, episodic life) sits behind the old-gym adapter keras-rl needs;
-    ``SequentialMemory`` with a 4-frame window; epsilon annealed linearly over ``eps_steps``
-    (``target_update`` in agent steps, as keras-rl counts it)."""
+    ``SequentialMemory`` with a 4-frame window; epsilon annealed linearly over ``eps_steps``.
+    ``agent_options`` go to :func:`make_dqn_agent` (``target_update`` in agent steps, as keras-rl counts)."""
     import random
 
     from rl.memory import SequentialMemory
@@ -132,11 +123,5 @@ def classic_training(
     env = kerasrl_compat.OldGymAPI(make_env(game, training=True, seed=seed))
     policy = LinearAnnealedPolicy(EpsGreedyQPolicy(), attr="eps", value_max=eps_start, value_min=eps_end,
                                   value_test=0.05, nb_steps=eps_steps)
-    agent = make_dqn_agent(
-        env.action_space.n, policy=policy, memory=SequentialMemory(limit=memory_limit, window_length=WINDOW),
-        warmup=warmup, target_update=target_update, train_interval=train_interval, gamma=gamma,
-        batch_size=batch_size, delta_clip=delta_clip, learning_rate=learning_rate, enable_dueling=dueling,
-        enable_double_dqn=double_dqn, fast_state_batch=fast_state_batch,
-    )
-    return env, agent
-
+    memory = SequentialMemory(limit=memory_limit, window_length=WINDOW)
+    return env, make_dqn_agent(env.action_space.n, policy=policy, memory=memory, **agent_options)

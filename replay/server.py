@@ -15,26 +15,16 @@ import numpy as np
 import ray
 
 from core.atomic import write_atomically
-from core.frames import FRAME_SHAPE, WINDOW
 from replay.memory import Batch, PackedBatch, ReplayMemory, tune_malloc
 
 
 class ReplayServer:
     """Serves one replay memory: explorers add chunks, the learner samples batches."""
 
-    def __init__(
-        self,
-        capacity: int,
-        num_streams: int,
-        window: int = WINDOW,
-        frame_shape: tuple[int, int] = FRAME_SHAPE,
-        seed: int | None = None,
-        n_step: int = 1,
-        priority_alpha: float | None = None,
-    ) -> None:
+    def __init__(self, capacity: int, num_streams: int, **options: Any) -> None:
+        """``options``: :class:`ReplayMemory`'s (seed, n_step, priority_alpha, window, frame_shape)."""
         tune_malloc()  # this process returns fresh batch arrays on every call: keep them off the kernel
-        self.memory = ReplayMemory(capacity, num_streams, window=window, frame_shape=frame_shape, seed=seed,
-                                   n_step=n_step, priority_alpha=priority_alpha)
+        self.memory = ReplayMemory(capacity, num_streams, **options)
         self.instance = uuid.uuid4().hex  # changes when Ray restarts this actor (empty) after a crash
 
     def status(self) -> tuple[str, int]:
