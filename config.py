@@ -332,7 +332,7 @@ class Config:
         return self.priority_beta + frac * (1.0 - self.priority_beta)
 
     def validate(self, merged: bool = False) -> None:
-        """Checks across flags. A ``--resume`` is checked by launch.py once merged with the saved
+        """Checks across flags. A ``--resume`` is checked by distributed.preflight once merged with the saved
         run's config (``merged=True``)."""
         if self.resume and not merged:
             return

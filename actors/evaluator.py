@@ -3,7 +3,7 @@
 Training scores are noisy (exploration, clipped rewards, episodes cut at lost lives); an
 evaluation plays complete games on ``make_env(training=False)`` envs (raw scores, up to 30
 no-op starts) with a small epsilon, the way DQN papers and keras-rl's ``DQNAgent.test`` report.
-:class:`Evaluator` is a plain class so ``launch.py`` can wrap it in ``ray.remote``;
+:class:`Evaluator` is a plain class so ``distributed.topology`` can wrap it in ``ray.remote``;
 :func:`evaluate_policy_file` scores a saved ``policy.h5`` (learning curves from snapshots).
 """
 

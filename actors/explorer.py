@@ -107,7 +107,7 @@ class Explorer:
     """Plays ``cfg.envs_per_actor`` emulators; stream ids are ``index * K .. index * K + K - 1``."""
 
     def __init__(self, cfg: Config, index: int, replay: Any, generation: int = 0) -> None:
-        # One TF thread per explorer (explorers scale by processes): launch.py sets
+        # One TF thread per explorer (explorers scale by processes): distributed.topology sets
         # TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS in this actor's environment, because
         # TensorFlow is already initialised by the time this constructor runs.
         kerasrl_compat.load_tensorflow()

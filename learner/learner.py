@@ -30,7 +30,7 @@ class Learner:
         tf = kerasrl_compat.load_tensorflow()
 
         # --learner-threads reaches TensorFlow as TF_NUM_INTRAOP_THREADS in this actor's
-        # environment (launch.py): TensorFlow is initialised before this constructor runs.
+        # environment (distributed.topology): TensorFlow is initialised before this constructor runs.
         from core.network import build_q_network, resolve_precision
 
         tf.random.set_seed(cfg.seed)
