@@ -111,7 +111,7 @@ class PackedBatch(NamedTuple):
     horizon: np.ndarray  # int32 [B]: m; state1 starts at frame m
     weight: np.ndarray  # float32 [B]
     keys: np.ndarray  # int64 [B]
-    window: int = 4  # frames per state
+    window: int = WINDOW  # frames per state
 
     @property
     def state0(self) -> np.ndarray:
@@ -204,7 +204,7 @@ class ReplayMemory:
 
     # --- footprint ------------------------------------------------------------------------
     @staticmethod
-    def bytes_per_transition(frame_shape: tuple[int, int] = (84, 84), prioritized: bool = False) -> int:
+    def bytes_per_transition(frame_shape: tuple[int, int] = FRAME_SHAPE, prioritized: bool = False) -> int:
         """Bytes one stored entry costs: frame + action int16 + return f32 + horizon + flags
         (+ 16 for the sum tree's two float64 nodes per leaf, before power-of-two padding)."""
         return int(np.prod(frame_shape)) + 2 + 4 + 1 + 1 + (16 if prioritized else 0)
@@ -214,7 +214,7 @@ class ReplayMemory:
         cls,
         capacity: int,
         num_streams: int = 1,
-        frame_shape: tuple[int, int] = (84, 84),
+        frame_shape: tuple[int, int] = FRAME_SHAPE,
         prioritized: bool = False,
     ) -> int:
         """Footprint of a memory of this size, computed without allocating it."""
