@@ -16,6 +16,7 @@ from actors.cpu_priority import yield_cpu
 from actors.explorer import Explorer, stream_epsilon
 from config import Config
 from core.atari import make_env
+from distributed.topology import explorer_actors
 from replay.memory import Batch
 from replay.server import ReplayServer
 
@@ -112,7 +113,7 @@ def test_explorer_transitions_replay_the_real_emulator(ray_session) -> None:
     cfg = Config(num_actors=1, envs_per_actor=2, exploration="fixed", epsilon=1.0, seed=5, n_step=3, gamma=0.9)
     replay = ray.remote(num_cpus=0)(RecordingReplay).remote(2000, cfg.num_streams, seed=0, n_step=3,
                                                             priority_alpha=0.6)
-    explorer = ray.remote(num_cpus=0)(Explorer).remote(cfg, 0, replay)
+    explorer = explorer_actors(cfg, replay, generation=0, cpus=0)[0]  # as launch.py makes it, no CPU reserved
     try:
         reports = [ray.get(explorer.run.remote(None, 400)) for _ in range(2)]
         ray.get(explorer.flush.remote())

@@ -56,12 +56,12 @@ def test_update_uses_n_step_targets_and_importance_weights(double: bool) -> None
 
 def test_prioritized_learner_sends_new_priorities_to_the_replay(ray_session) -> None:
     """After train(), the sampled transitions' priorities in the replay are their |td|."""
+    from distributed.topology import replay_actor
     from learner.learner import Learner
-    from replay.server import ReplayServer
 
     ray = ray_session
     rng = np.random.default_rng(2)
-    replay = ray.remote(num_cpus=0)(ReplayServer).remote(400, 1, seed=0, n_step=3, priority_alpha=1.0)
+    replay = replay_actor(400, 1, seed=0, n_step=3, priority_alpha=1.0)  # as launch.py makes it
     n = 300
     terminals = rng.random(n) < 0.02
     ray.get(replay.add_chunks.remote([{
