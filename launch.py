@@ -33,8 +33,11 @@ EPILOG = """run directory (--run-dir):
                    (train.py's episodes.csv has other columns: game, env_step, game_score, wall_seconds)
   evaluations.csv  every evaluation (--eval-every): env and learner step, mean/min/max raw score
   best-policy.h5   the network with the best evaluation so far (keras-rl DQNAgent format)
+  best-game.gif    the first game of that evaluation, captioned with its agent step and score
+  games/           each evaluation's first game: step-<agent step>-score-<score>.gif
+  learning-curve.png  evaluation and training scores against agent steps and time (after every evaluation)
   snapshots/       with --snapshot-every: policy-<agent step>.h5 copies, listed in snapshots.csv
-  tb/              TensorBoard: tensorboard --logdir RUN_DIR/tb
+  tb/              TensorBoard: tensorboard --logdir RUN_DIR/tb (scalars; the curve and the games as images)
 
 presets (--preset; flags given beside it win):
 {presets}
@@ -99,6 +102,7 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
             signal.signal(s, signal.SIG_IGN)
         path = driver.export()
         driver.checkpoint()
+        driver.evaluations.finish(driver.env_steps)
         driver.print_progress(driver.replay_size())
         print(f"{'stopped by ' + stopped if stopped else 'done'}: {driver.env_steps:,} agent steps, "
               f"{driver.updates_done:,} learner steps; network saved to {path}, checkpoint in {run_dir}/",

@@ -76,12 +76,16 @@ class Evaluator:
         random_actions = rng.integers(0, self.n_actions, size=len(q))
         return np.where(explore, random_actions, np.argmax(q, axis=1))
 
-    def evaluate(self, weights: list[np.ndarray], episodes: int) -> dict[str, Any]:
+    def evaluate(self, weights: list[np.ndarray], episodes: int, record: str | None = None) -> dict[str, Any]:
         """Play ``episodes`` whole games at once with ``weights``; report their raw scores.
 
         A game still running after ``max_steps`` agent steps counts with its score so far;
-        ``truncated`` says how many did.
+        ``truncated`` says how many did. With ``record`` (a caption, e.g. the agent step), the
+        first game also comes back as an animated GIF, ``gif``, captioned with it and the score:
+        encoded here, on the evaluator's idle-priority CPU time, not in the driver.
         """
+        from core.pictures import GameRecorder
+
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         start = time.perf_counter()
@@ -96,6 +100,9 @@ class Evaluator:
         for i, game_seed in enumerate(seeds):
             frame, _ = self.envs[i].reset(seed=game_seed)
             states[i, -1] = frame  # earlier frames zero, as keras-rl's memory pads a new episode
+        recorder = GameRecorder() if record is not None else None
+        if recorder:
+            recorder.capture(self.envs[0].ale)
         scores = np.zeros(episodes)
         game_steps = np.zeros(episodes, np.int64)
         truncated = np.zeros(episodes, bool)
@@ -108,6 +115,8 @@ class Evaluator:
             running = []
             for i, action in zip(active, actions, strict=True):
                 frame, _, terminated, cut, info = self.envs[i].step(int(action))
+                if recorder and i == 0:
+                    recorder.capture(self.envs[0].ale)
                 game_steps[i] += 1
                 scores[i] += info["raw_reward"]
                 if terminated or cut:
@@ -119,7 +128,9 @@ class Evaluator:
                     running.append(i)
             active = np.asarray(running, np.int64)
 
+        gif = recorder.gif(f"{record}  score {scores[0]:g}") if recorder else None
         return {
+            **({"gif": gif} if recorder else {}),
             "scores": scores.tolist(),
             "mean": float(scores.mean()),
             "min": float(scores.min()),
@@ -132,6 +143,16 @@ class Evaluator:
             "epsilon": self.epsilon,
             "seconds": time.perf_counter() - start,
         }
+
+    def curve(self, episodes_csv: str, evaluations_csv: str, title: str) -> bytes:
+        """launch.py's learning curve as PNG bytes, from its episodes.csv and evaluations.csv.
+        Drawn here, at idle priority, because it takes about a second of CPU: in the driver it
+        would stall the loop that keeps the explorers and the learner busy."""
+        from core.pictures import learning_curve_png, read_scores
+
+        games = read_scores(episodes_csv, "env_step", "score")
+        evaluations = read_scores(evaluations_csv, "env_step", "mean", band=("min", "max"))
+        return learning_curve_png(games, evaluations, title)
 
     def close(self) -> None:
         for env in self.envs:

@@ -2,8 +2,9 @@
 
 Every --eval-every agent steps the evaluator plays --eval-episodes games with the newest
 weights, beside the training; one at a time, so a slow evaluation delays the next rather than
-piling up. Each result goes to evaluations.csv and TensorBoard (through the run log), and a new
-best network to RUN_DIR/best-policy.h5. A failed evaluation never ends the training.
+piling up. Each result goes to evaluations.csv and TensorBoard (through the run log), a new
+best network to RUN_DIR/best-policy.h5, and the pictures (the first game's GIF, the learning
+curve) through :class:`distributed.views.RunViews`. A failed evaluation never ends the training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from config import Config
 from core.policy_file import save_policy
 from distributed.runlog import RunLog, best_evaluation
+from distributed.views import RunViews
 
 
 class Evaluations:
@@ -26,6 +28,7 @@ class Evaluations:
         self.next_eval = next_eval
         self.best = best_evaluation(run_dir)  # best-policy.h5's score, even if newer than the checkpoint
         self.future: Any = None  # (future, weights version, weights, env steps, learner steps)
+        self.views = RunViews(run_dir, evaluator, log, f"{cfg.game}, {run_dir.name}") if evaluator else None
 
     def poll(self, weights: Any, env_steps: int, learner_steps: int) -> None:
         """Collect a finished evaluation; start the next one when its agent step has come."""
@@ -38,6 +41,8 @@ class Evaluations:
         if self.future is None and cfg.eval_every and due:
             self.start(weights, env_steps, learner_steps)
             self.next_eval = (env_steps // cfg.eval_every + 1) * cfg.eval_every
+        if self.views:
+            self.views.poll()
 
     def start(self, weights: Any, env_steps: int, learner_steps: int) -> None:
         """Evaluate the weights behind the ``weights`` future (the learner's newest)."""
@@ -47,7 +52,7 @@ class Evaluations:
             version, values = ray.get(weights)
         except ray.exceptions.RayActorError:
             return  # the learner died: the driver restarts it; evaluate next time
-        future = self.evaluator.evaluate.remote(values, self.cfg.eval_episodes)
+        future = self.evaluator.evaluate.remote(values, self.cfg.eval_episodes, f"step {env_steps:,}")
         self.future = (future, version, values, env_steps, learner_steps)
 
     def _done(self) -> None:
@@ -63,10 +68,12 @@ class Evaluations:
             print(f"an evaluation failed ({why}); the next one starts at the next --eval-every", flush=True)
             return
         self.log.evaluation(env_steps, learner_steps, version, result)
-        if result["mean"] > self.best:
+        best = result["mean"] > self.best
+        if best:
             self.best = result["mean"]
             self.export_model.set_weights(weights)
             save_policy(self.export_model, self.run_dir / "best-policy.h5")
+        self.views.evaluated(env_steps, result, best)
 
     def final(self, weights: Any, env_steps: int, learner_steps: int, stop: Any) -> None:
         """At the end of a finished run: evaluate the final network (unless that was just done).
@@ -84,3 +91,8 @@ class Evaluations:
                     return
                 if ray.wait([self.future[0]], timeout=0.5)[0]:
                     self._done()
+
+    def finish(self, env_steps: int) -> None:
+        """At the end of the run, stopped or not: the learning curve with every game."""
+        if self.views:
+            self.views.finish(env_steps)
