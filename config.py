@@ -27,9 +27,11 @@ def flag(
     low: float | None = None,
     high: float | None = None,
     choices: Sequence[Any] | None = None,
+    positional: bool = False,
 ) -> Any:
-    """A dataclass field that is also a command-line flag; ``low``/``high`` are inclusive."""
-    meta = {"help": help, "low": low, "high": high, "choices": choices}
+    """A dataclass field that is also a command-line flag; ``low``/``high`` are inclusive.
+    ``positional``: an optional argument without a flag name (``play.py RUN_DIR``)."""
+    meta = {"help": help, "low": low, "high": high, "choices": choices, "positional": positional}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -85,7 +87,10 @@ def build_parser(
         where = group_of.get(f.name, parser)
         name = "--" + f.name.replace("_", "-")
         kind = _TYPES[_base_type(f)]
-        if kind is _bool:
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, type=kind, nargs="?", default=f.default, metavar=f.name.upper(),
+                                help=f.metadata["help"])
+        elif kind is _bool:
             # a bare --flag means true, as users expect of a switch; --flag false still works
             where.add_argument(name, type=_bool, nargs="?", const=True, default=f.default, metavar="{true,false}",
                                help=_describe(f))

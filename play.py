@@ -14,17 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import check_writable_folder, flag, parse
+from config import check_writable_folder, flag, given_flags, parse
 
-EPILOG = """example:
+EPILOG = """examples:
+  python play.py runs/<run>                       # its best-policy.h5 (else policy.h5), on its own game
   python play.py --weights runs/<run>/policy.h5 --episodes 3 --gif breakout.gif
 """
 
 
 @dataclass
 class PlayConfig:
+    run_dir: str | None = flag(None, "a run directory of launch.py or train.py: plays its best-policy.h5 (else "
+                               "its policy.h5) on the game in its config.json; --weights picks another file",
+                               positional=True)
     weights: str = flag("policy.h5", "the policy.h5 to load (from train.py or launch.py)")
-    game: str = flag("Breakout", "ALE game the weights were trained on")
+    game: str = flag("Breakout", "ALE game the weights were trained on (with RUN_DIR: that run's game)")
     episodes: int = flag(1, "games to play", low=1, high=10_000)
     max_steps: int = flag(10_000, "step limit per game (a weak agent may never press FIRE)", low=1)
     epsilon: float = flag(
@@ -136,16 +140,52 @@ def play(cfg: PlayConfig) -> list[float]:
     return scores
 
 
+class RunDirError(ValueError):
+    """A RUN_DIR that is not a run directory, or holds no network yet."""
+
+
+def run_to_play(run_dir: str, weights: str, game: str, given: set[str]) -> tuple[str, str]:
+    """The weights file and the game of a launch.py or train.py run directory: its best-policy.h5,
+    else its policy.h5, else train.py's --output; its config.json's game. ``given``: the flags on
+    the command line (--weights wins over the run's files, --game must match the run's game)."""
+    import json
+
+    from actors.atari import rom_id
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise RunDirError(f"{folder}: no such run directory; give the folder of a launch.py or train.py run, "
+                          f"or --weights FILE")
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+        run_game = str(saved["game"])
+    except (OSError, ValueError, TypeError, KeyError):
+        raise RunDirError(f"{folder} has no readable config.json with its game: not a run directory of launch.py "
+                          f"or train.py; give --weights FILE and --game") from None
+    if "game" in given and rom_id(game) != rom_id(run_game):
+        raise RunDirError(f"{folder} is a run of {run_game}, not {game}; leave out --game")
+    if "weights" in given:
+        return weights, run_game
+    output = saved.get("output")  # train.py writes its network there, not into the run directory
+    for candidate in (folder / "best-policy.h5", folder / "policy.h5", *([Path(output)] if output else [])):
+        if candidate.is_file():
+            return str(candidate), run_game
+    raise RunDirError(f"{folder} holds no network yet (no best-policy.h5 or policy.h5); wait for the run's first "
+                      f"export, or give --weights FILE")
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(PlayConfig, argv, __doc__, EPILOG, prog="play.py")
     from core.atari import UnknownGameError, rom_id
     from core.policy_file import PolicyFileError, read_weight_shapes
 
     try:
+        if cfg.run_dir is not None:
+            cfg.weights, cfg.game = run_to_play(cfg.run_dir, cfg.weights, cfg.game, given_flags(PlayConfig, argv))
         rom_id(cfg.game)  # fail fast, before TensorFlow starts
         read_weight_shapes(cfg.weights)
         play(cfg)
-    except (PolicyFileError, UnknownGameError) as exc:
+    except (PolicyFileError, UnknownGameError, RunDirError) as exc:
         print(f"play.py: error: {exc}", file=sys.stderr)
         return 2
     return 0

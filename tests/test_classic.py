@@ -147,6 +147,13 @@ def test_play_two_games_and_gif(policy, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".gif") == ["g.gif"]
 
 
+def test_play_a_train_py_run_directory(policy, tmp_path):
+    """``play.py RUN_DIR`` of a train.py run: the network is train.py's --output, named in config.json."""
+    out = ok(run(tmp_path, "play-run", [ROOT / "play.py", policy.parent / "run", "--max-steps", "30"]))
+    assert re.search(rf"^loaded {re.escape(str(policy))}: plain network, 4 actions$", out, re.M), out
+    assert re.search(r"^playing 1 game\(s\) of Breakout with ", out, re.M), out
+
+
 def test_play_rejects_weights_of_another_game(policy, tmp_path):
     gif = tmp_path / "keep.gif"
     gif.write_bytes(b"existing")
