@@ -150,7 +150,7 @@ def run_to_play(run_dir: str, weights: str, game: str, given: set[str]) -> tuple
     the command line (--weights wins over the run's files, --game must match the run's game)."""
     import json
 
-    from actors.atari import rom_id
+    from core.atari import rom_id
 
     folder = Path(run_dir)
     if not folder.is_dir():

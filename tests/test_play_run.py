@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from test_classic import ROOT, ok, one_line_error, run
 
-from learner.export import save_policy
-from learner.network import build_q_network
+from core.network import build_q_network
+from core.policy_file import save_policy
 
 
 @pytest.fixture(scope="module")
