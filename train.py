@@ -29,6 +29,7 @@ EPILOG = """outputs:
                            the network's weights every --checkpoint-every steps (runs before this
                            name was taken wrote RUN_DIR/checkpoint.h5; it is only weights, unlike
                            launch.py's checkpoint.npz, which --resume continues from)
+  RUN_DIR/learning-curve.png  game scores against agent steps and time (every --checkpoint-every, at the end)
   RUN_DIR/snapshots/       policy-<step>.h5 every --snapshot-every steps, listed in
                            RUN_DIR/snapshots.csv (file,env_steps,learner_steps,wall_seconds)
   RUN_DIR/config.json      the settings of this run
@@ -100,6 +101,7 @@ def _progress_callback(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
     from rl.callbacks import Callback
 
     from core.atomic import write_atomically
+    from core.pictures import CURVE_FILE, learning_curve_png, read_scores
     from core.policy_file import SnapshotWriter
     from learner.classic import kerasrl_train_steps
 
@@ -130,6 +132,7 @@ def _progress_callback(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
                 self.metrics = logs["metrics"]
             if agent_step % cfg.checkpoint_every == 0:
                 write_atomically(run_dir / CHECKPOINT, lambda p: agent.save_weights(p, overwrite=True))
+                self.draw_curve()
             if cfg.snapshot_every and agent_step % cfg.snapshot_every == 0:
                 self.snapshots.write(agent.model, agent_step, kerasrl_train_steps(agent))
             now = time.monotonic()
@@ -151,8 +154,16 @@ def _progress_callback(cfg: TrainConfig, run_dir: Path, agent: Any) -> Any:
                 flush=True,
             )
 
+        def draw_curve(self) -> None:
+            """RUN_DIR/learning-curve.png from episodes.csv (about a second: with checkpoints only)."""
+            self.csv_file.flush()
+            games = read_scores(run_dir / "episodes.csv", "env_step", "game_score")
+            png = learning_curve_png(games, title=f"{cfg.game}, {run_dir.name} (train.py)")
+            write_atomically(run_dir / CURVE_FILE, lambda tmp: Path(tmp).write_bytes(png))
+
         def on_train_end(self, logs: dict | None = None) -> None:
             self.aborted = bool((logs or {}).get("did_abort"))
+            self.draw_curve()
             self.csv_file.close()
 
     return ProgressCallback()

@@ -105,6 +105,8 @@ def test_train_writes_policy_and_run_logs(trained):
     assert steps == sorted(steps) and all(0 < s <= 300 for s in steps)
     for r in rows[1:]:  # raw Breakout scores: whole, non-negative points
         assert float(r[2]) >= 0 and float(r[2]).is_integer()
+    with Image.open(work / "run" / "learning-curve.png") as curve:  # drawn at the end from episodes.csv
+        assert curve.format == "PNG" and curve.size == (900, 342)
 
 
 def test_policy_h5_is_a_keras2_weights_file(policy):
