@@ -203,7 +203,7 @@ class Config:
         ),
         "algorithm: learning": (
             "batch_size", "learning_rate", "adam_epsilon", "gamma", "huber_delta", "grad_clip_norm", "double_dqn",
-            "dueling", "target_update", "updates_per_call",
+            "dueling", "target_update", "updates_per_call", "init_weights",
         ),
         "algorithm: evaluation": (
             "eval_every", "eval_episodes", "eval_epsilon", "eval_max_steps",
@@ -273,6 +273,9 @@ class Config:
                               "per update)", low=1)
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
                                  low=1, high=10_000)
+    init_weights: str | None = flag(None, "start the online and target networks from this keras-rl policy.h5 "
+                                    "(ours, or what keras-rl's dqn_atari.py saved) of the same network and game; "
+                                    "new runs only")
     # --- algorithm: evaluation
     eval_every: int = flag(100_000, "agent steps between evaluations of the newest network (0: off); the best "
                            "one is also written as RUN_DIR/best-policy.h5", low=0)

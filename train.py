@@ -70,6 +70,9 @@ class TrainConfig:
     dueling: bool = flag(False, "keras-rl's dueling variant (enable_dueling_network, dueling_type avg): on this "
                          "network it adds no capacity over the plain head and the file loads only into a dueling "
                          "agent (see docs/learning.md)")
+    init_weights: str | None = flag(None, "start from this keras-rl policy.h5 (ours, or what keras-rl's dqn_atari.py "
+                                    "saved) of the same network and game: DQNAgent.load_weights, which also sets "
+                                    "the target network")
     double_dqn: bool = flag(False, "double DQN targets (keras-rl enable_double_dqn; dqn_atari.py leaves it off)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
     seed: int = flag(0, "random seed for the emulator, exploration and network init", low=0)
@@ -179,11 +182,8 @@ def train(cfg: TrainConfig) -> Path:
     """Run keras-rl's DQN on ``cfg.game``; return the path of the saved network. ``cfg`` has been
     through :meth:`TrainConfig.prepare`."""
     from core.atomic import write_atomically
+    from core.policy_file import check_policy_file
     from learner.classic import classic_training
-
-    run_dir = Path(cfg.run_dir)  # filled in and checked by cfg.prepare(), which main() ran
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     env, agent = classic_training(
         cfg.game, seed=cfg.seed, memory_limit=cfg.memory_limit, eps_start=cfg.eps_start, eps_end=cfg.eps_end,
@@ -192,6 +192,12 @@ def train(cfg: TrainConfig) -> Path:
         learning_rate=cfg.learning_rate, enable_dueling=cfg.dueling, enable_double_dqn=cfg.double_dqn,
     )
     n_actions = env.action_space.n
+    if cfg.init_weights:  # checked before anything is written: a wrong file leaves no run behind
+        check_policy_file(cfg.init_weights, agent.model)
+        agent.load_weights(cfg.init_weights)  # keras-rl copies it into the target network too
+    run_dir = Path(cfg.run_dir)  # filled in and checked by cfg.prepare(), which main() ran
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     variant = ", ".join(name for name, on in (("dueling", cfg.dueling), ("double DQN", cfg.double_dqn)) if on)
     print(
         f"training {cfg.game} ({n_actions} actions) for {cfg.steps:,} steps with keras-rl DQNAgent"
@@ -214,14 +220,22 @@ def train(cfg: TrainConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(TrainConfig, argv, __doc__, EPILOG, prog="train.py")
     from core.atari import UnknownGameError, rom_id
+    from core.policy_file import PolicyFileError, read_weight_shapes
 
     try:
         rom_id(cfg.game)
+        if cfg.init_weights:
+            read_weight_shapes(cfg.init_weights)  # a missing or broken file, before TensorFlow loads (a
+            # PolicyFileError is a ValueError)
         cfg.prepare()
     except (UnknownGameError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
-    train(cfg)
+    try:
+        train(cfg)
+    except PolicyFileError as exc:  # --init-weights of another network, found once the agent is built
+        print(f"train.py: error: --init-weights {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -37,6 +37,9 @@ def read_weight_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
     if path.is_dir():
         raise PolicyFileError(f"{path} is a folder; give the weights file in it (e.g. {path / 'policy.h5'})")
     if not path.is_file():
+        if path.with_name(path.name + ".index").is_file():  # e.g. keras-rl's dqn_atari.py name, *.h5f
+            raise PolicyFileError(f"{path} is a TensorFlow checkpoint (tf_keras writes one when the name does not end "
+                                  f"in .h5), not a Keras HDF5 weights file; save it with a name ending in .h5")
         raise PolicyFileError(f"weights file {path} does not exist")
     try:
         with h5py.File(path, "r") as f:

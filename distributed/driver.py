@@ -60,7 +60,9 @@ class Driver:
         self.export_model = build_q_network(self.n_actions, dueling=cfg.dueling)
         learner_state, state = resume if resume else (None, {})
         self.generation = state.get("generation", -1) + 1  # new emulator seeds on every resume
-        self.actors = topology.build(cfg, self.n_actions, self.generation)
+        # --init-weights, read here: the learner may run on a node that does not have the file
+        initial = self._load(cfg.init_weights) if cfg.init_weights and resume is None else None
+        self.actors = topology.build(cfg, self.n_actions, self.generation, initial)
         self.replay, self.learner = self.actors.replay, self.actors.learner
         self.explorers, self.evaluator = self.actors.explorers, self.actors.evaluator
         self.learner_threads = self.actors.learner_threads
@@ -212,8 +214,9 @@ class Driver:
             self.restore_learner(learner_state)
         self.pacer.learner_restarted(int(learner_state["steps"]) if learner_state is not None else 0)
         self.weights = self.learner.get_weights.remote()
+        start = "--init-weights" if self.cfg.init_weights else "scratch"
         print(f"the learner failed ({self.learner_failures} time(s)); restarted from "
-              f"{'the last checkpoint' if learner_state else 'scratch (no checkpoint yet)'} at learner step "
+              f"{'the last checkpoint' if learner_state else start + ' (no checkpoint yet)'} at learner step "
               f"{self.updates_done:,}", flush=True)
 
     # --- state on disk ----------------------------------------------------------------------
@@ -255,6 +258,11 @@ class Driver:
         path = save_checkpoint(self.run_dir, learner_state, driver_state)
         self.last_checkpoint_step = self.updates_done
         return path
+
+    def _load(self, path: str) -> list:
+        """The arrays of a policy.h5 that preflight checked fits this network."""
+        self.export_model.load_weights(path)
+        return self.export_model.get_weights()
 
     def export(self) -> Path:
         """Write RUN_DIR/policy.h5 from the learner's newest weights, atomically."""

@@ -143,6 +143,9 @@ def resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[di
     if "preset" in given:
         raise LaunchError(f"--resume {run_dir}: a resumed run keeps its settings; --preset is for new runs "
                           f"(give single flags to change single settings)")
+    if "init_weights" in given:
+        raise LaunchError(f"--resume {run_dir}: a resumed run continues from its checkpoint's networks; "
+                          f"--init-weights is for new runs")
     if "dueling" in given and cfg.dueling != merged["dueling"]:
         raise LaunchError(f"--resume {run_dir}: its checkpoint holds a {'dueling' if merged['dueling'] else 'plain'} "
                           f"network; leave out --dueling (a new network needs a new run)")
@@ -174,6 +177,27 @@ def resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[di
     return new, state
 
 
+def check_init_weights(cfg: Config) -> None:
+    """--init-weights must hold this game's network (plain or --dueling): checked before Ray starts."""
+    import kerasrl_compat
+    from core.atari import make_env
+    from core.network import build_q_network
+    from core.policy_file import PolicyFileError, check_policy_file, is_dueling_file
+
+    dueling = cfg.dueling
+    try:
+        dueling = is_dueling_file(cfg.init_weights)  # a missing or broken file, before TensorFlow loads
+        probe = make_env(cfg.game, training=False)
+        n_actions = int(probe.action_space.n)
+        probe.close()
+        kerasrl_compat.load_tensorflow()
+        check_policy_file(cfg.init_weights, build_q_network(n_actions, dueling=cfg.dueling))
+    except PolicyFileError as exc:
+        hint = f"; it is {'a' if dueling else 'no'} dueling network: give --dueling {str(dueling).lower()}" \
+            if dueling != cfg.dueling else ""
+        raise LaunchError(f"--init-weights {exc}{hint}") from None
+
+
 def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, dict] | None]:
     """Every check that needs no Ray, done before anything is written."""
     from core.atari import UnknownGameError, rom_id  # here: --help does not load the emulator
@@ -194,6 +218,8 @@ def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, di
         rom_id(cfg.game)
     except UnknownGameError as exc:
         raise LaunchError(str(exc)) from None
+    if cfg.init_weights and resume is None:
+        check_init_weights(cfg)
     if cfg.address is None:
         cfg = fit_memory(cfg, chosen=resume is not None or "replay_capacity" in given)
     else:

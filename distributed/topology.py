@@ -92,9 +92,10 @@ def replay_actor(capacity: int, num_streams: int, *, seed: int | None, n_step: i
         capacity, num_streams, seed=seed, n_step=n_step, priority_alpha=priority_alpha)
 
 
-def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int) -> Any:
+def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int, initial_weights: Any = None) -> Any:
     """The learner, with ``threads`` TensorFlow threads: on this node, or on a GPU node with
-    --learner-gpus. ``replay`` is the replay's name (or a handle, in benchmarks)."""
+    --learner-gpus. ``replay`` is the replay's name (or a handle, in benchmarks). Both its networks
+    start from ``initial_weights`` (--init-weights) when given; a restarted learner gets them again."""
     import ray
 
     from learner.learner import Learner
@@ -105,7 +106,7 @@ def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int) -> Any
     }
     if not cfg.learner_gpus:
         options["scheduling_strategy"] = _here(hard=False)
-    return ray.remote(Learner).options(**options).remote(cfg, n_actions, replay)
+    return ray.remote(Learner).options(**options).remote(cfg, n_actions, replay, initial_weights)
 
 
 def explorer_actors(cfg: Config, replay: Any, generation: int, cpus: float, count: int | None = None) -> list[Any]:
@@ -140,8 +141,9 @@ def evaluator_actor(cfg: Config, n_actions: int, generation: int) -> Any:
              seed=cfg.seed + 104_729 * (generation + 1), priority=cfg.explorer_priority)
 
 
-def build(cfg: Config, n_actions: int, generation: int) -> Topology:
-    """Every actor of a run. ``generation`` counts resumes: each one gets new emulator and replay seeds."""
+def build(cfg: Config, n_actions: int, generation: int, initial_weights: Any = None) -> Topology:
+    """Every actor of a run. ``generation`` counts resumes: each one gets new emulator and replay seeds;
+    ``initial_weights``: the learner's networks at the start (--init-weights)."""
     name = f"replay-{uuid.uuid4().hex[:12]}"
     replay = replay_actor(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * generation, n_step=cfg.n_step,
                           priority_alpha=cfg.priority_alpha if cfg.prioritized else None, name=name)
@@ -150,7 +152,7 @@ def build(cfg: Config, n_actions: int, generation: int) -> Topology:
     return Topology(
         replay=replay,
         replay_name=name,
-        learner=learner_actor(cfg, n_actions, name, threads),
+        learner=learner_actor(cfg, n_actions, name, threads, initial_weights),
         learner_threads=threads,
         explorers=explorer_actors(cfg, name, generation, cpus),
         evaluator=evaluator_actor(cfg, n_actions, generation) if cfg.eval_every else None,

@@ -24,9 +24,11 @@ BATCHES_PER_REQUEST = 4  # one Ray round trip per 4 batches: a call costs more t
 
 
 class Learner:
-    """Owns the online and target networks and the optimizer."""
+    """Owns the online and target networks and the optimizer; both networks start from
+    ``initial_weights`` when given, else from the seeded initialisation."""
 
-    def __init__(self, cfg: Config, n_actions: int, replay: Any = None) -> None:
+    def __init__(self, cfg: Config, n_actions: int, replay: Any = None,
+                 initial_weights: list[np.ndarray] | None = None) -> None:
         tf = kerasrl_compat.load_tensorflow()
 
         # --learner-threads reaches TensorFlow as TF_NUM_INTRAOP_THREADS in this actor's
@@ -40,6 +42,8 @@ class Learner:
         self.replay = resolve_actor(replay)
         self.online = build_q_network(n_actions, dueling=cfg.dueling, precision=self.precision)
         self.target = build_q_network(n_actions, dueling=cfg.dueling, precision=self.precision)
+        if initial_weights is not None:  # --init-weights; a restarted learner gets them again, as arguments
+            self.online.set_weights(initial_weights)
         self.target.set_weights(self.online.get_weights())
         # The legacy Adam applies each variable's update as one fused ResourceApplyAdam op: +16%
         # updates/s at batch 32 over the new tf_keras Adam's element-wise ops (docs/benchmarks.md).

@@ -1,6 +1,7 @@
 """keras-rl as its users have it: does a ``policy.h5`` load into ``examples/dqn_atari.py``?
 
 Usage: python stock_kerasrl.py POLICY_H5 [POLICY_H5 ...] [--max-steps N] [--dueling]
+       python stock_kerasrl.py --save POLICY_H5 [--train-steps N] [--seed S]
 
 This is keras-rl2's ``examples/dqn_atari.py`` in ``--mode test``, as someone who has never
 seen this repository runs it on today's stack. It imports nothing from this repository and
@@ -21,7 +22,8 @@ a ``--dueling true`` file: ``enable_dueling_network=True, dueling_type="avg"`` a
 mode off before ``compile`` (keras-rl clones its own dueling Lambda layer).
 
 Per file a line ``STOCK_OK file=... weight_abs_sum=... reward=... steps=...``; exit 0 only
-when every file loaded and played.
+when every file loaded and played. ``--save`` is the example's ``--mode train`` instead:
+``dqn.fit`` for ``--train-steps`` steps, then ``dqn.save_weights`` (a file for ``--init-weights``).
 """
 
 import argparse
@@ -121,15 +123,24 @@ def build_agent(nb_actions, dueling=False):
 
 def main():
     parser = argparse.ArgumentParser(description="Load policy.h5 files into keras-rl's dqn_atari.py agent and play.")
-    parser.add_argument("weights", nargs="+")
+    parser.add_argument("weights", nargs="*")
+    parser.add_argument("--save", help="train for --train-steps and save the weights here instead")
+    parser.add_argument("--train-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--max-steps", type=int, default=300, help="agent-step cap of each test game")
     parser.add_argument("--dueling", action="store_true", help="keras-rl's dueling agent, for --dueling true files")
     args = parser.parse_args()
 
     gymnasium.register_envs(ale_py)
     env = OldGymApi(gymnasium.make("ALE/Breakout-v5", frameskip=4, repeat_action_probability=0.0))
-    np.random.seed(123)
+    np.random.seed(args.seed)
+    tensorflow.random.set_seed(args.seed)
     dqn = build_agent(env.action_space.n, args.dueling)
+    if args.save:  # dqn_atari.py --mode train, shortened
+        dqn.fit(env, nb_steps=args.train_steps, log_interval=10000, verbose=0)
+        dqn.save_weights(args.save, overwrite=True)
+        print(f"STOCK_SAVED file={args.save}", flush=True)
+        return 0
     failed = 0
     for path in args.weights:
         try:
