@@ -69,7 +69,8 @@ def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 def learning_curve_png(games: Scores, evaluations: Scores | None = None, title: str = "",
                        window: int = 100) -> bytes:
-    """The learning curve as PNG bytes: scores against agent steps (left) and hours (right).
+    """The learning curve as PNG bytes: scores against agent steps (left) and wall-clock time
+    (right: minutes, or hours for runs of two hours or more).
 
     ``games``: every training game's raw score, drawn as dots and as the mean of the last
     ``window`` games; ``evaluations``: mean evaluation scores with their min-max band."""
@@ -82,9 +83,11 @@ def learning_curve_png(games: Scores, evaluations: Scores | None = None, title: 
     axes = fig.subplots(1, 2, sharey=True)
     every = max(1, len(games) // 4_000)  # dots beyond a few thousand add ink, not information
     mean = _rolling_mean(games.scores, window) if len(games) else games.scores
+    longest = max([*games.seconds[-1:], *(evaluations.seconds[-1:] if evaluations else [])], default=0.0)
+    unit, per = ("hours", 3600) if longest >= 7200 else ("minutes", 60)
     for ax, x_games, x_evals, label in (
         (axes[0], games.steps, evaluations.steps if evaluations else None, "agent steps"),
-        (axes[1], games.seconds / 3600, evaluations.seconds / 3600 if evaluations else None, "wall-clock hours"),
+        (axes[1], games.seconds / per, evaluations.seconds / per if evaluations else None, f"wall-clock {unit}"),
     ):
         if len(games):
             ax.plot(x_games[::every], games.scores[::every], ".", ms=2, color="tab:blue", alpha=0.25)
