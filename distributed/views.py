@@ -24,6 +24,7 @@ class RunViews:
         self.run_dir, self.evaluator, self.log, self.title = run_dir, evaluator, log, title
         self.curve_future: Any = None  # (future, agent step) of the curve being drawn
         self.curve_due: int | None = None  # the agent step of a curve asked for while one was drawn
+        self.curve_step: int | None = None  # the agent step of the newest curve asked for
 
     def evaluated(self, env_steps: int, result: dict, best: bool) -> None:
         """One finished evaluation: its first game's GIF (and best-game.gif), then a new curve."""
@@ -38,6 +39,7 @@ class RunViews:
 
     def draw_curve(self, env_steps: int) -> None:
         """Ask the evaluator for the curve (after the one it is drawing, if any)."""
+        self.curve_step = env_steps
         if self.curve_future is not None:
             self.curve_due = env_steps
             return
@@ -72,8 +74,10 @@ class RunViews:
         return self.curve_future is None
 
     def finish(self, env_steps: int, timeout: float = 120.0) -> None:
-        """At the end of the run: the curve with every game, written before the evaluator goes."""
-        self.draw_curve(env_steps)
+        """At the end of the run: the curve with every game, written before the evaluator goes
+        (unless the final evaluation asked for it already: no game was played since)."""
+        if self.curve_step != env_steps:
+            self.draw_curve(env_steps)
         deadline = time.monotonic() + timeout
         while not self.poll(timeout=0.5):
             if time.monotonic() > deadline:

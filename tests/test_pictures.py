@@ -143,6 +143,7 @@ def test_launch_run_folder_shows_the_run(ray_session, tmp_path):
     assert [c.encoded_image_string for c in clips] == [g.read_bytes() for g in games]
     assert (clips[0].width, clips[0].height) == (160, 210 + pictures.CAPTION_HEIGHT)
     curves = images["learning_curve"]
+    assert len({c.step for c in curves}) == len(curves), "one curve per agent step: the end does not draw it twice"
     assert curves[-1].step == 1200 and curves[-1].encoded_image_string == (run_dir / pictures.CURVE_FILE).read_bytes()
     assert all(c.encoded_image_string.startswith(b"\x89PNG") for c in curves)
 
