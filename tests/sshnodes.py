@@ -69,7 +69,9 @@ def why_not() -> str | None:
 
 
 def port_free(ip: str, port: int) -> bool:
+    """Whether a server could listen on ip:port now (connections in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError:

@@ -165,6 +165,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher
         launcher.close()
         for node in nodes.values():
             node.stop()
+            shutil.rmtree(node.home, ignore_errors=True)  # its 2.6 GB environment; the logs stay
         for p in set(Path("/tmp").glob("ray_ssh_*")) - control:
             shutil.rmtree(p, ignore_errors=True)
         for p in reversed(made):
@@ -221,6 +222,7 @@ def test_ray_up_submit_job_and_down_over_ssh(cluster: tuple[Launcher, dict[str, 
 
     # both runs' files, copied back as the docs say
     out = tmp_path / "out"
+    out.mkdir()
     for name in ("submitted", "job"):
         launcher.ray("rsync-down", str(launcher.config), f"/root/runs/{name}/", str(out / name), timeout=120)
         _run_dir_ok(out / name)
