@@ -9,6 +9,7 @@ process (PID 1 of its namespace); killing that one makes the kernel kill the res
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -117,14 +118,29 @@ class Node:
 
     def processes(self) -> dict[int, str]:
         """PID -> command line of every process in the node (this machine's PIDs)."""
-        out = {}
+        return command_lines(self.pids())
+
+    def listening(self) -> list[tuple[str, int, str]]:
+        """(address, port, process name) of every TCP socket the node's processes listen on, from
+        /proc; address "*" for every interface, IPv4-mapped IPv6 addresses as plain IPv4."""
+        owner = {}
         for pid in self.pids():
             try:
-                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        owner[target[8:-1]] = name
             except OSError:
                 continue
-            out[pid] = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-        return out
+        found = []
+        for table in ("tcp", "tcp6"):
+            for row in Path(f"/proc/{self.init_pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in owner:  # 0A: LISTEN
+                    host, port = fields[1].split(":")
+                    found.append((_address(host), int(port, 16), owner[fields[9]]))
+        return found
 
     def stop(self) -> None:
         """Kill the node: its PID 1 goes, and the kernel kills everything else in the namespace."""
@@ -196,6 +212,36 @@ def _child_of(proc: subprocess.Popen) -> int:
             break
         time.sleep(0.05)
     raise RuntimeError("unshare did not start the node's first process")
+
+
+def command_lines(pids: list[int] | None = None) -> dict[int, str]:
+    """PID -> command line, from /proc, of the given processes (default: all) that still run."""
+    if pids is None:
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            pass
+    return found
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's hex address as text: "*" for any, IPv4-mapped IPv6 as IPv4."""
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 16:  # four host-order 32-bit words
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+        if raw[:12] == b"\0" * 10 + b"\xff\xff":
+            raw = raw[12:]
+        elif raw == b"\0" * 16:
+            return "*"
+        else:
+            return str(ipaddress.IPv6Address(raw))
+    else:
+        raw = raw[::-1]
+    text = str(ipaddress.IPv4Address(raw))
+    return "*" if text == "0.0.0.0" else text
 
 
 def ensure_system_deps() -> str | None:
