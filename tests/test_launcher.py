@@ -187,6 +187,8 @@ def test_ray_up_submit_job_and_down_over_ssh(cluster: tuple[Launcher, dict[str, 
     assert not (shipped / ".git").exists() and not (shipped / "runs").exists()
     assert (shipped / ".venv").is_dir() and not (shipped / ".venv").is_symlink(), "the node's own venv"
     dashboard = launcher.forward_dashboard()
+    assert HEAD in {n["node_ip"] for n in launcher.state(dashboard, "nodes")}, \
+        "127.0.0.1:8265 is another Ray's dashboard (this machine's network is the nodes' network)"
 
     # the head's autoscaler (v1) starts the worker: wait until it has joined with its explorers
     deadline = time.monotonic() + 600
