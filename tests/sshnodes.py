@@ -4,7 +4,8 @@ and a private /tmp/ray. `ray stop` on a node sees only that node's processes (it
 what `ray up` writes to ~ lands in the node's folder, never in this machine's /root.
 
 Nothing here contacts an address outside 127.0.0.0/8. Every process lives under the node's first
-process (PID 1 of its namespace); killing that one makes the kernel kill the rest.
+process (PID 1 of its namespace); killing that one makes the kernel kill the rest, and it is
+killed too when the test process dies.
 """
 
 from __future__ import annotations
@@ -178,12 +179,18 @@ def start(ip: str, folder: Path, authorized_key: Path, share: dict[str, Path]) -
     mounts += [["--rbind", str(home), "/root"], ["--bind", str(ray_tmp), "/tmp/ray"]]
     log = open(folder / "node.log", "wb")
     proc = subprocess.Popen(
-        ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--propagation", "private",
+        ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--propagation", "private", "--kill-child",
          sys.executable, "-c", _INIT, "\n".join("\t".join(m) for m in mounts),
          SSHD, "-D", "-e", "-f", str(folder / "sshd_config")],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent)
     log.close()
-    init_pid = _child_of(proc)
+    try:
+        init_pid = _child_of(proc)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
     node = Node(ip, folder, proc, init_pid)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -196,6 +203,14 @@ def start(ip: str, folder: Path, authorized_key: Path, share: dict[str, Path]) -
         time.sleep(0.2)
     node.stop()
     raise RuntimeError(f"sshd on {ip}:22 did not answer: {(folder / 'node.log').read_text()[-2000:]}")
+
+
+def _die_with_parent() -> None:
+    """Even if the test process is killed outright, its nodes go: unshare gets SIGKILL when it
+    dies, and --kill-child passes that on to the namespace's PID 1."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _child_of(proc: subprocess.Popen) -> int:
