@@ -95,12 +95,12 @@ class Launcher:
             assert proc.returncode == 0, f"ray {' '.join(args[:2])} failed:\n{out[-3000:]}\n{err[-3000:]}"
         return result
 
-    def forward_dashboard(self) -> str:
-        """`ray dashboard` (SSH port forward to the head's 127.0.0.1:8265), as docs/cluster.md says."""
+    def forward_dashboard(self, remote_port: int) -> str:
+        """`ray dashboard` (SSH port forward to the head's dashboard), as docs/cluster.md says."""
         port = _free_port()
-        proc = subprocess.Popen([str(RAY), "dashboard", "-p", str(port), str(self.config)], cwd=ROOT, env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen([str(RAY), "dashboard", "-p", str(port), "--remote-port", str(remote_port),
+                                 str(self.config)], cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.background.append(proc)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -137,7 +137,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher
         pytest.skip(f"the launcher test {why}")
     missing = sshnodes.ensure_system_deps()
     assert missing is None, missing
-    for ip, port in [(HEAD, 22), (WORKER, 22), (HEAD, 6379), ("127.0.0.1", 8265)]:
+    # the nodes share this machine's network: the head's GCS and its dashboard agent's second
+    # listener (127.0.0.1:52365, where `ray job submit` lands) need these free
+    for ip, port in [(HEAD, 22), (WORKER, 22), (HEAD, 6379), ("127.0.0.1", 52365)]:
         assert sshnodes.port_free(ip, port), f"{ip}:{port} is taken on this machine; the test's nodes need it"
     base = tmp_path_factory.mktemp("launcher", numbered=True)
     made = [p for p in (Path("/run/sshd"), Path("/tmp/ray")) if not p.exists()]
@@ -180,15 +182,17 @@ def test_ray_up_submit_job_and_down_over_ssh(cluster: tuple[Launcher, dict[str, 
                                              tmp_path: Path) -> None:
     launcher, nodes = cluster
     head, worker = nodes[HEAD], nodes[WORKER]
-    launcher.ray("up", "-y", str(launcher.config), timeout=900)
+    up = launcher.ray("up", "-y", str(launcher.config), timeout=900)
+    # 8265 unless another Ray on this machine (the nodes' network) holds it: ray start then takes the next
+    port = re.search(r"view the dashboard at\s*(?:\x1b\[[0-9;]*m)*127\.0\.0\.1:(\d+)", up.stdout + up.stderr)
+    assert port, "ray up did not say where the dashboard listens"
     # the repository went to the head without .venv, runs/ or .git (rsync_exclude and .gitignore)
     shipped = head.home / "dqn"
     assert (shipped / "launch.py").is_file() and (shipped / "tools" / "stop-workers.sh").is_file()
     assert not (shipped / ".git").exists() and not (shipped / "runs").exists()
     assert (shipped / ".venv").is_dir() and not (shipped / ".venv").is_symlink(), "the node's own venv"
-    dashboard = launcher.forward_dashboard()
-    assert HEAD in {n["node_ip"] for n in launcher.state(dashboard, "nodes")}, \
-        "127.0.0.1:8265 is another Ray's dashboard (this machine's network is the nodes' network)"
+    dashboard = launcher.forward_dashboard(int(port.group(1)))
+    assert HEAD in {n["node_ip"] for n in launcher.state(dashboard, "nodes")}, "the forward reached another Ray"
 
     # the head's autoscaler (v1) starts the worker: wait until it has joined with its explorers
     deadline = time.monotonic() + 600
@@ -209,7 +213,7 @@ def test_ray_up_submit_job_and_down_over_ssh(cluster: tuple[Launcher, dict[str, 
         sockets = node.listening()
         assert any(name == "raylet" for _, _, name in sockets), sockets
         assert {host for host, _, _ in sockets} <= {"*", node.ip, "127.0.0.1"}, sockets
-    assert {host for host, port, _ in head.listening() if port == 8265} == {"127.0.0.1"}
+    assert {host for host, p, _ in head.listening() if p == int(port.group(1))} == {"127.0.0.1"}
 
     # `ray submit`: launch.py runs on the head, against the code ray up copied
     launcher.ray("submit", str(launcher.config), "launch.py", "--", "--address", "auto", "--explorer-resource",
