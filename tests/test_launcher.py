@@ -138,9 +138,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher
     missing = sshnodes.ensure_system_deps()
     assert missing is None, missing
     # the nodes share this machine's network: the head's GCS and its dashboard agent's second
-    # listener (127.0.0.1:52365, where `ray job submit` lands) need these free
-    for ip, port in [(HEAD, 22), (WORKER, 22), (HEAD, 6379), ("127.0.0.1", 52365)]:
-        assert sshnodes.port_free(ip, port), f"{ip}:{port} is taken on this machine; the test's nodes need it"
+    # listener (127.0.0.1:52365, where `ray job submit` lands) need these free; another Ray on a shared
+    # machine may hold one for a while
+    needed = [(HEAD, 22), (WORKER, 22), (HEAD, 6379), ("127.0.0.1", 52365)]
+    deadline = time.monotonic() + 300
+    while (taken := [f"{ip}:{port}" for ip, port in needed if not sshnodes.port_free(ip, port)]) and \
+            time.monotonic() < deadline:
+        time.sleep(5)
+    assert not taken, f"{', '.join(taken)} taken on this machine (by another Ray?); the test's nodes need them"
     base = tmp_path_factory.mktemp("launcher", numbered=True)
     made = [p for p in (Path("/run/sshd"), Path("/tmp/ray")) if not p.exists()]
     for p in made:
