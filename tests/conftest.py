@@ -31,3 +31,10 @@ def ray_address(ray_session: Any) -> str:
     """The session Ray's address, for driver subprocesses that join it with --address."""
     return ray_session.get_runtime_context().gcs_address
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `ray up` test first: its nodes share this machine's network and need Ray's fixed ports
+    (127.0.0.1:52365, where `ray job submit` lands, among them), which the session Ray holds from
+    the first test that asks for it until the end."""
+    items.sort(key=lambda item: item.path.name != "test_launcher.py")  # a stable sort keeps the rest in order
