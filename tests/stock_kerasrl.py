@@ -21,6 +21,9 @@ never press FIRE). ``--dueling`` makes the two changes docs/learning.md gives a 
 a ``--dueling true`` file: ``enable_dueling_network=True, dueling_type="avg"`` and tf_keras's safe
 mode off before ``compile`` (keras-rl clones its own dueling Lambda layer).
 
+``--q-values STATES OUT`` also saves the agent's Q-values for a uint8 state batch, to compare
+them with ours.
+
 Per file a line ``STOCK_OK file=... weight_abs_sum=... reward=... steps=...``; exit 0 only
 when every file loaded and played. ``--save`` is the example's ``--mode train`` instead:
 ``dqn.fit`` for ``--train-steps`` steps, then ``dqn.save_weights`` (a file for ``--init-weights``).
@@ -129,6 +132,9 @@ def main():
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--max-steps", type=int, default=300, help="agent-step cap of each test game")
     parser.add_argument("--dueling", action="store_true", help="keras-rl's dueling agent, for --dueling true files")
+    parser.add_argument("--q-values", nargs=2, metavar=("STATES_NPY", "OUT_NPY"),
+                        help="also save the agent's Q-values (compute_batch_q_values) for a uint8 state batch, per "
+                             "loaded file (the last file's stay in OUT_NPY)")
     args = parser.parse_args()
 
     gymnasium.register_envs(ale_py)
@@ -145,6 +151,8 @@ def main():
     for path in args.weights:
         try:
             dqn.load_weights(path)
+            if args.q_values:
+                np.save(args.q_values[1], dqn.compute_batch_q_values(np.load(args.q_values[0])))
             history = dqn.test(env, nb_episodes=1, visualize=False, nb_max_episode_steps=args.max_steps, verbose=0)
         except Exception as exc:  # report every file, then fail
             failed += 1
