@@ -22,6 +22,7 @@ from replay.server import resolve_actor
 
 PREFETCH = 2  # replay sample calls kept in flight
 BATCHES_PER_REQUEST = 4  # one Ray round trip per 4 batches: a call costs more than its bytes
+NOTHING_TO_SAMPLE_SECONDS = 60.0  # a replay with nothing to draw for this long is an error, not a lag
 
 
 class ReplaySampleError(RuntimeError):
@@ -152,13 +153,21 @@ class Learner:
     def _next_batch(self) -> Any:
         import ray
 
-        if not self._ready:
+        since = None
+        while not self._ready:
             while len(self._requests) < PREFETCH + 1:
                 self._request()
             instance, batches = ray.get(self._requests.popleft())
             if self.replay_instance not in (None, instance):
                 raise _ReplayRestarted(instance)
             self.replay_instance = instance
+            if batches is None:  # nothing to draw yet: the explorers' pushes land after their runs end
+                since = since or time.monotonic()
+                if time.monotonic() - since > NOTHING_TO_SAMPLE_SECONDS:
+                    raise ReplaySampleError(f"the replay had no transition to sample for "
+                                            f"{NOTHING_TO_SAMPLE_SECONDS:.0f} s")
+                time.sleep(0.05)
+                continue
             self._ready.extend(batches)
             self._request()
         return self._ready.popleft()
@@ -213,10 +222,12 @@ class Learner:
                 self._forget_replay(exc.args[0] if isinstance(exc, _ReplayRestarted) else None)
                 replay_lost = True
                 break
-            except ray.exceptions.RayTaskError as exc:
+            except (ray.exceptions.RayTaskError, ReplaySampleError) as exc:
                 self._requests.clear()
                 self._ready.clear()
                 self._send_priorities()
+                if isinstance(exc, ReplaySampleError):
+                    raise
                 cause = exc.cause if exc.cause is not None else exc
                 first = (str(cause).strip().splitlines() or [""])[0]
                 raise ReplaySampleError(f"the replay failed to sample a batch ({type(cause).__name__}: "

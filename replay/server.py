@@ -66,13 +66,19 @@ class ReplayServer:
         return [self.memory.sample_packed(batch_size, beta) for _ in range(num_batches)]
 
     def sample_for_learner(self, batch_size: int, num_batches: int, beta: float,
-                           instance: str | None = None) -> tuple[str, list[PackedBatch]]:
+                           instance: str | None = None) -> tuple[str, list[PackedBatch] | None]:
         """The learner's call: ``(this replay's instance id, packed batches)``. When ``instance`` is
         given and is not this replay's (Ray restarted it since the learner's last batches), nothing
-        is drawn: ``(id, [])`` tells the learner to drop what it holds of the old one."""
+        is drawn: ``(id, [])`` tells the learner to drop what it holds of the old one. ``(id, None)``:
+        nothing to draw yet (the explorers' first pushes are still on their way); the learner waits."""
         if instance is not None and instance != self.instance:
             return self.instance, []
-        return self.instance, self.sample_packed(batch_size, num_batches, beta)
+        try:
+            return self.instance, self.sample_packed(batch_size, num_batches, beta)
+        except ValueError:
+            if self.memory.can_sample():
+                raise  # a real error, not an empty memory: the learner stops the run with it
+            return self.instance, None
 
     def update_priorities(self, indices: Any, keys: Any, priorities: Any, instance: str | None = None) -> None:
         """The learner's new |td| for transitions it sampled (``keys`` drop overwritten ones). With

@@ -90,6 +90,33 @@ def test_an_error_inside_replay_sampling_stops_the_learner_with_its_cause(ray_se
     assert 1 <= (after != before).sum() <= 32, "the two trained batches' priorities were sent"
 
 
+def test_a_replay_with_nothing_to_draw_yet_is_waited_for_then_named(ray_session, monkeypatch) -> None:
+    """The driver counts an explorer run's steps when the run ends; its pushes land a moment later.
+    A learner call that finds the replay still empty waits for them (that was taken for a broken
+    replay and stopped a resumed run); a replay that stays empty is named after a while."""
+    import threading
+
+    import learner.learner as learner_module
+    from learner.learner import Learner
+
+    ray = ray_session
+    replay = ray.remote(num_cpus=0)(ReplayServer).remote(400, 1, seed=0, n_step=1, priority_alpha=1.0)
+    cfg = Config(batch_size=16, prioritized=True, priority_alpha=1.0)
+    filler = threading.Timer(1.0, _fill, (ray, replay, np.random.default_rng(5)))
+    try:
+        monkeypatch.setattr(learner_module, "NOTHING_TO_SAMPLE_SECONDS", 0.5)
+        with pytest.raises(Exception, match=r"the replay had no transition to sample for 0 s") as raised:
+            Learner(cfg, n_actions=4, replay=replay).train(4)
+        assert type(raised.value).__name__ == "ReplaySampleError"
+        monkeypatch.setattr(learner_module, "NOTHING_TO_SAMPLE_SECONDS", 60.0)
+        filler.start()
+        result = Learner(cfg, n_actions=4, replay=replay).train(4)
+    finally:
+        filler.cancel()
+        ray.kill(replay)
+    assert result["updates"] == 4 and not result["replay_lost"]
+
+
 # --- the learner and a restarted replay (item 4) -------------------------------------------------
 class HandingReplay(ReplayServer):
     """The real replay, remembering every position it handed out in a batch."""
