@@ -21,6 +21,7 @@ from typing import Any
 from config import Config, parse, preset_table
 from core.atomic import write_atomically
 from distributed import LaunchError
+from distributed.disk import SaveFailed
 from distributed.preflight import prepare
 
 EPILOG = """run directory (--run-dir):
@@ -55,7 +56,8 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
     run cleanly: the network is exported and checkpointed before it ends."""
     import ray
 
-    from distributed.driver import Driver, Stop, StopFlag
+    from distributed.checkpoint import CHECKPOINT
+    from distributed.driver import Driver, RunFailed, Stop, StopFlag
     from distributed.preflight import check_gpus
     from distributed.raystart import start_ray
 
@@ -92,21 +94,29 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
         write_atomically(run_dir / "config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))
+        failed = None
         try:
             driver.run()
             driver.final_evaluation()
             stopped = stop.reason
         except Stop as why:
             stopped = str(why)
+        except RunFailed as why:
+            stopped = failed = str(why)
         for s in previous:  # a second Ctrl-C during the final export must not cut it
             signal.signal(s, signal.SIG_IGN)
-        path = driver.export()
-        driver.checkpoint()
+        saved = driver.saved  # both final writes are tried, even if the first fails (a full disk)
+        final = ((driver.export, "policy.h5"), (driver.checkpoint, CHECKPOINT))
+        # write_error names the file that failed (replay.npz, when the checkpoint's replay failed)
+        unsaved = [saved.write_error[0] for save, name in final if not saved.save_or_say(save, name, final=True)]
         driver.evaluations.finish(driver.env_steps)
         driver.print_progress(driver.replay_size())
+        if failed or unsaved:
+            line = saved.failure(" and ".join(unsaved), saved.write_error[1], final=True) if unsaved else ""
+            raise SaveFailed("; ".join(x for x in (failed, line) if x))
         print(f"{'stopped by ' + stopped if stopped else 'done'}: {driver.env_steps:,} agent steps, "
-              f"{driver.updates_done:,} learner steps; network saved to {path}, checkpoint in {run_dir}/",
-              flush=True)
+              f"{driver.updates_done:,} learner steps; network saved to {run_dir / 'policy.h5'}, checkpoint in "
+              f"{run_dir}/", flush=True)
     finally:
         if driver is not None:
             driver.close()
@@ -118,7 +128,8 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
 
 
 def main(argv: list[str] | None = None, driver_class: type | None = None) -> int:
-    """``python launch.py [flags]``: 0 when the run ends (or is stopped), 2 on bad input.
+    """``python launch.py [flags]``: 0 when the run ends (or is stopped), 2 on bad input, 1 when
+    the run failed or its final files could not be written (the line says what is whole on disk).
     ``driver_class`` lets tests watch the driver (a subclass of distributed.driver.Driver)."""
     cfg = parse(Config, argv, __doc__, EPILOG.replace("{presets}", preset_table()), prog="launch.py")
     try:
@@ -127,6 +138,9 @@ def main(argv: list[str] | None = None, driver_class: type | None = None) -> int
     except LaunchError as exc:
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return 2
+    except SaveFailed as exc:  # the run happened; what it could not save is said, with what is whole
+        print(f"launch.py: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

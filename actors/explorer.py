@@ -119,7 +119,9 @@ class Explorer:
         self.replay = resolve_actor(replay)
         k = cfg.envs_per_actor
         self.first_stream = index * k
-        seed = cfg.seed * 100_003 + index * 1_009 + generation * 7_919  # a resumed run plays new games
+        # a resumed run (generation) and an explorer Ray restarted after a crash play new games
+        seed = cfg.seed * 100_003 + index * 1_009 + generation * 7_919 + _restarts() * 104_729
+        self.seed = seed
         np.random.seed(seed % 2**32)  # keras-rl's EpsGreedyQPolicy draws from np.random
         self.streams = [_Stream(make_env(cfg.game, training=True, seed=seed + j)) for j in range(k)]
         self.n_actions = int(self.streams[0].env.action_space.n)
@@ -182,7 +184,11 @@ class Explorer:
                         self._send_chunks([stream.take_chunk(self.first_stream + j, self.cfg,
                                                              float(self.q_values(final)[0].max()), cut=True)])
                         stream.new_segment = True
-                    self._begin_episode(j, stream.env.reset()[0])
+                    frame, reset_info = stream.env.reset()
+                    if "game_score" in reset_info:  # the game ended in the steps after a lost life
+                        games.append({"stream": self.first_stream + j, "score": float(reset_info["game_score"]),
+                                      "eps": float(self.policies[j].eps)})
+                    self._begin_episode(j, frame)
                 else:
                     self.state[j, :-1] = self.state[j, 1:]
                     self.state[j, -1] = frame
@@ -223,6 +229,20 @@ class Explorer:
         """Wait for every push to land."""
         _wait_quietly(self.pushes)
         self.pushes = []
+
+
+def _restarts() -> int:
+    """How many times Ray has restarted this actor (0 outside an actor or on its first start)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None or not context.was_current_actor_reconstructed:
+        return 0
+    from ray._private.state import actors  # the GCS's actor table: NumRestarts
+
+    return int(actors(context.get_actor_id()).get("NumRestarts", 1) or 1)
 
 
 def _wait_quietly(refs: list[Any]) -> None:

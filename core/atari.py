@@ -59,7 +59,9 @@ class AtariEnv(gymnasium.Env):
     - ``episodic_life`` (training only): a lost life ends the episode for the learner, the
       emulator keeps going; ``clip_rewards`` (training only): rewards become their sign.
     - ``info["raw_reward"]`` is the unclipped reward and, when a whole game ends,
-      ``info["game_score"]`` its raw score: that is the score we report, always.
+      ``info["game_score"]`` its raw score: that is the score we report, always. The rewards of
+      the no-op and FIRE steps after a lost life count too; a game that ends during them is
+      reported in ``reset()``'s info (``game_score``), and a new game begins.
     - sticky actions are off unless ``sticky_prob`` > 0.
     """
 
@@ -142,26 +144,36 @@ class AtariEnv(gymnasium.Env):
             self._env.seed_game(seed)
             self._env.load_game()
             self._game_over = True
+        info: dict[str, Any] = {}
         if self._game_over or not self.episodic_life:
+            self._new_game()
+        elif not self._start_steps(1):  # life lost only: step on from where the emulator is
+            # the game ended during those steps: it is reported here, and a new one begins
+            info["game_score"] = self._score
+            self._new_game()
+        self._lives = self.ale.lives()
+        return self._frame(), {"lives": self._lives, **info}
+
+    def _new_game(self) -> None:
+        for _ in range(10):  # a game that ends within its random no-ops (never seen) is started again
             self.ale.reset_game()
             self._score = 0.0
             self._steps = 0
             self._game_over = False
             noops = int(self._rng.integers(1, self.noop_max + 1)) if self.noop_max > 0 else 0
-        else:
-            noops = 1  # life lost only: step on from where the emulator is
+            if self._start_steps(noops):
+                return
+
+    def _start_steps(self, noops: int) -> bool:
+        """``noops`` no-op steps, then FIRE where the game needs it. Their rewards are the game's
+        too: they go into its raw score. False when the game ended during them."""
         self._screens[:] = 0
         self.ale.getScreenGrayscale(self._screens[1])
-        for _ in range(noops):
-            self._act(0)
+        for action in [0] * noops + ([self._fire] if self._fire is not None else []):
+            self._score += self._act(action)
             if self.ale.game_over():
-                self.ale.reset_game()
-        if self._fire is not None:
-            self._act(self._fire)
-            if self.ale.game_over():
-                self.ale.reset_game()
-        self._lives = self.ale.lives()
-        return self._frame(), {"lives": self._lives}
+                return False
+        return True
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         raw = self._act(int(action))

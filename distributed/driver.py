@@ -16,7 +16,8 @@ from typing import Any
 from config import Config
 from core.policy_file import SnapshotWriter, save_policy
 from distributed import topology
-from distributed.checkpoint import REPLAY_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from distributed.checkpoint import CHECKPOINT, REPLAY_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from distributed.disk import Saved
 from distributed.evaluation import Evaluations
 from distributed.pacer import Pacer
 from distributed.runlog import RunLog
@@ -24,6 +25,10 @@ from distributed.runlog import RunLog
 
 class Stop(Exception):
     """Ends the run cleanly (final export and checkpoint) after SIGINT or SIGTERM."""
+
+
+class RunFailed(Exception):
+    """Ends the run after an error it cannot go on from (final export and checkpoint, exit 1)."""
 
 
 class StopFlag:
@@ -69,8 +74,9 @@ class Driver:
         self.pacer = Pacer(cfg, env_steps=state.get("env_steps", 0),
                            updates_done=int(learner_state["steps"]) if learner_state else 0)
         self.log = RunLog(cfg, run_dir, games=state.get("games", 0))
+        self.saved = Saved(run_dir, int(learner_state["steps"]) if learner_state else None)
         self.evaluations = Evaluations(cfg, self.evaluator, self.log, self.export_model, run_dir,
-                                       next_eval=state.get("next_eval", cfg.eval_every))
+                                       next_eval=state.get("next_eval", cfg.eval_every), saved=self.saved)
         self.snapshots = SnapshotWriter(run_dir) if cfg.snapshot_every else None
         self.next_snapshot = state.get("next_snapshot", cfg.snapshot_every)
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
@@ -82,9 +88,12 @@ class Driver:
         self.learner_metrics: dict = {}
         self.epsilons: dict[int, list[float]] = {}
         self.last_export_time: float | None = None
+        self.version_seen = 0  # the newest weights version handed out: a restored learner goes past it
+        self.learner_asked = 0  # updates asked of the learner call in flight
         if learner_state is not None:
             self.restore_learner(learner_state)
             self.restore_replay()
+        self.learner_instance = self.ray.get(self.learner.__ray_call__.remote(lambda learner: learner.instance))
         self.weights = self.learner.get_weights.remote()
 
     @property
@@ -114,8 +123,8 @@ class Driver:
                     running[ref] = i
                     idle.discard(i)
             if learner_future is None:
-                n = self.pacer.issue_learner_call()
-                learner_future = self.learner.train.remote(n) if n else None
+                n = self.learner_asked = self.pacer.issue_learner_call()
+                learner_future = self.learner.train.remote(n, self.replay_instance) if n else None
             if not running and learner_future is None:
                 break
             pending = list(running) + ([learner_future] if learner_future is not None else [])
@@ -146,21 +155,30 @@ class Driver:
         except ray.exceptions.RayActorError:
             self.learner_lost()
             return
+        except ray.exceptions.RayTaskError as exc:  # raised inside the learner: learning cannot go on
+            raise RunFailed(f"the learner stopped: {(str(exc.cause or exc).strip().splitlines() or [''])[0]}") from None
+        self.version_seen = max(self.version_seen, result["weights_version"])
         self.pacer.learner_called(result["asked"], result["updates"])  # a lost replay cuts a call short
         self.learner_metrics = result
         self.weights = self.learner.get_weights.remote()
         if result["replay_lost"]:
             self.replay_size()  # notices the new replay instance and starts the refill
         if self.updates_done - self.last_export_step >= cfg.export_every:
-            self.export()
+            self.saved.save_or_say(self.export, "policy.h5")
         if self.updates_done - self.last_checkpoint_step >= cfg.checkpoint_every:
-            self.checkpoint()
+            self.saved.save_or_say(self.checkpoint, CHECKPOINT)
 
     def _explorer_done(self, i: int, ref: Any) -> None:
         ray = self.ray
         steps = self._issued.pop(ref)
         try:
             result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if not isinstance(exc.cause, ray.exceptions.RayActorError):
+                raise
+            # its weights came from a learner that died meanwhile: the explorer is fine; play again
+            self.pacer.explorer_lost(steps)
+            return
         except ray.exceptions.RayActorError as exc:
             # Ray restarts the explorer (max_restarts=-1); its lost steps are re-issued.
             self.explorer_failures += 1
@@ -177,7 +195,8 @@ class Driver:
             except ray.exceptions.RayActorError:
                 return  # the learner died: _learner_done restarts it; the snapshot comes next time
             self.export_model.set_weights(weights)
-            self.snapshots.write(self.export_model, self.env_steps, self.updates_done)
+            self.saved.save_or_say(lambda: self.snapshots.write(self.export_model, self.env_steps, self.updates_done),
+                                   "snapshots/")
             self.next_snapshot = (self.env_steps // self.cfg.snapshot_every + 1) * self.cfg.snapshot_every
 
     # --- failures ---------------------------------------------------------------------------
@@ -204,24 +223,44 @@ class Driver:
               f"resumes after {self.cfg.learning_starts:,} new transitions", flush=True)
 
     def learner_lost(self) -> None:
-        """The learner died: Ray restarts it; continue from the last checkpoint's networks."""
+        """The learner died: Ray restarts it; continue from the last checkpoint's networks (or, with
+        none yet, from the networks it starts with: scratch or --init-weights)."""
+        instance = self.when_back(lambda: self.learner.__ray_call__.remote(lambda learner: learner.instance))
+        if instance == self.learner_instance:  # it was unreachable for a moment, not restarted
+            self.pacer.learner_called(self.learner_asked, 0)
+            return
+        self.learner_instance = instance
         self.learner_failures += 1
         try:
             learner_state, _ = load_checkpoint(self.run_dir)
         except CheckpointError:
             learner_state = None
         if learner_state is not None:
-            self.restore_learner(learner_state)
-        self.pacer.learner_restarted(int(learner_state["steps"]) if learner_state is not None else 0)
+            self.restore_learner(learner_state, self.version_seen + 1)
+        else:
+            self.ray.get(self.learner.versions_from.remote(self.version_seen + 1))
+        lost = self.pacer.learner_restarted(int(learner_state["steps"]) if learner_state is not None else 0)
         self.weights = self.learner.get_weights.remote()
         start = "--init-weights" if self.cfg.init_weights else "scratch"
         print(f"the learner failed ({self.learner_failures} time(s)); restarted from "
               f"{'the last checkpoint' if learner_state else start + ' (no checkpoint yet)'} at learner step "
-              f"{self.updates_done:,}", flush=True)
+              f"{self.updates_done:,} ({lost:,} learner steps lost)", flush=True)
+
+    def when_back(self, call: Any, seconds: float = 300.0) -> Any:
+        """``ray.get(call())``, retried while Ray restarts the actor (a learner builds its networks
+        first: calls to it fail meanwhile, and a weights ref asked for then would fail for good)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return self.ray.get(call())
+            except self.ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     # --- state on disk ----------------------------------------------------------------------
-    def restore_learner(self, learner_state: dict) -> None:
-        if not self.ray.get(self.learner.set_state.remote(learner_state)):
+    def restore_learner(self, learner_state: dict, min_version: int = 0) -> None:
+        if not self.ray.get(self.learner.set_state.remote(learner_state, min_version)):
             print("the checkpoint's Adam state is from an older version of this program: the networks and "
                   "counters are restored, Adam's moments start afresh", flush=True)
 
@@ -251,12 +290,14 @@ class Driver:
 
     def checkpoint(self) -> Path:
         """Write RUN_DIR/checkpoint.npz (and with --save-replay RUN_DIR/replay.npz), atomically."""
+        self.last_checkpoint_step = self.updates_done  # also when it fails: the next try is a period away
+        learner_state = self.ray.get(self.learner.get_state.remote())
         if self.cfg.save_replay:
             self.ray.get(self.replay.save.remote(str(self.run_dir / REPLAY_FILE)))
-        learner_state = self.ray.get(self.learner.get_state.remote())
+            self.saved.wrote(REPLAY_FILE, f"learner step {learner_state['steps']:,}")
         driver_state = dict(self.driver_state(), updates_done=learner_state["steps"])  # a call may be in flight
         path = save_checkpoint(self.run_dir, learner_state, driver_state)
-        self.last_checkpoint_step = self.updates_done
+        self.saved.wrote(CHECKPOINT, f"learner step {learner_state['steps']:,}")
         return path
 
     def _load(self, path: str) -> list:
@@ -268,9 +309,10 @@ class Driver:
         """Write RUN_DIR/policy.h5 from the learner's newest weights, atomically."""
         version, weights = self.ray.get(self.learner.get_weights.remote())
         self.export_model.set_weights(weights)
+        self.last_export_step = self.updates_done  # also when it fails: the next try is a period away
         path = save_policy(self.export_model, self.run_dir / "policy.h5")
+        self.saved.wrote("policy.h5", f"learner step {self.updates_done:,}")
         self.last_export_time = time.monotonic()
-        self.last_export_step = self.updates_done
         return path
 
     def print_progress(self, replay_size: int) -> None:

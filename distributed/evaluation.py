@@ -14,6 +14,7 @@ from typing import Any
 
 from config import Config
 from core.policy_file import save_policy
+from distributed.disk import Saved
 from distributed.runlog import RunLog, best_evaluation
 from distributed.views import RunViews
 
@@ -22,13 +23,15 @@ class Evaluations:
     """Schedules the evaluator's games and records their results."""
 
     def __init__(self, cfg: Config, evaluator: Any, log: RunLog, export_model: Any, run_dir: Path,
-                 next_eval: int) -> None:
+                 next_eval: int, saved: Saved | None = None) -> None:
         self.cfg, self.evaluator, self.log = cfg, evaluator, log
         self.export_model, self.run_dir = export_model, run_dir
         self.next_eval = next_eval
+        self.saved = saved if saved is not None else Saved(run_dir)  # a failed write is said, not raised
         self.best = best_evaluation(run_dir)  # best-policy.h5's score, even if newer than the checkpoint
         self.future: Any = None  # (future, weights version, weights, env steps, learner steps)
-        self.views = RunViews(run_dir, evaluator, log, f"{cfg.game}, {run_dir.name}") if evaluator else None
+        self.views = (RunViews(run_dir, evaluator, log, f"{cfg.game}, {run_dir.name}", self.saved) if evaluator
+                      else None)
 
     def poll(self, weights: Any, env_steps: int, learner_steps: int) -> None:
         """Collect a finished evaluation; start the next one when its agent step has come."""
@@ -72,7 +75,9 @@ class Evaluations:
         if best:
             self.best = result["mean"]
             self.export_model.set_weights(weights)
-            save_policy(self.export_model, self.run_dir / "best-policy.h5")
+            path = self.run_dir / "best-policy.h5"
+            if self.saved.save_or_say(lambda: save_policy(self.export_model, path), path.name):
+                self.saved.wrote(path.name, f"evaluation mean {result['mean']:.2f}, learner step {learner_steps:,}")
         self.views.evaluated(env_steps, result, best)
 
     def final(self, weights: Any, env_steps: int, learner_steps: int, stop: Any) -> None:

@@ -80,7 +80,12 @@ class Pacer:
         """The replay starts empty now: learn again after --learning-starts new transitions."""
         self.refill_from = (self.env_steps, self.updates_done)
 
-    def learner_restarted(self, updates_done: int) -> None:
-        """The learner came back at ``updates_done`` (its last checkpoint, or 0)."""
+    def learner_restarted(self, updates_done: int) -> int:
+        """The learner came back at ``updates_done`` (its last checkpoint, or 0); return the updates
+        lost. The replay ratio goes on from here: the lost updates are not redone back to back on
+        the replay as it is now, they are gone (the learner's step counter says so), so the ratio's
+        baseline moves back by as many."""
+        lost = self.updates_done - updates_done
         self.updates_done = self.updates_issued = updates_done
-        self.refill_from = (self.refill_from[0], min(self.refill_from[1], updates_done))
+        self.refill_from = (self.refill_from[0], self.refill_from[1] - lost)
+        return lost

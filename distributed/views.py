@@ -20,8 +20,9 @@ from core.pictures import BEST_GAME_FILE, CURVE_FILE, GAMES_FOLDER, image_summar
 class RunViews:
     """Writes the evaluator's pictures into the run directory and TensorBoard."""
 
-    def __init__(self, run_dir: Path, evaluator: Any, log: Any, title: str) -> None:
+    def __init__(self, run_dir: Path, evaluator: Any, log: Any, title: str, saved: Any = None) -> None:
         self.run_dir, self.evaluator, self.log, self.title = run_dir, evaluator, log, title
+        self.saved = saved  # distributed.disk.Saved: a failed write (a full disk) is said, and the run goes on
         self.curve_future: Any = None  # (future, agent step) of the curve being drawn
         self.curve_due: int | None = None  # the agent step of a curve asked for while one was drawn
         self.curve_step: int | None = None  # the agent step of the newest curve asked for
@@ -31,9 +32,9 @@ class RunViews:
         gif = result.get("gif")
         if gif:
             name = f"step-{env_steps:09d}-score-{result['scores'][0]:g}.gif"
-            write_atomically(self.run_dir / GAMES_FOLDER / name, lambda tmp: Path(tmp).write_bytes(gif))
+            self._write(f"{GAMES_FOLDER}/{name}", gif)
             if best:
-                write_atomically(self.run_dir / BEST_GAME_FILE, lambda tmp: Path(tmp).write_bytes(gif))
+                self._write(BEST_GAME_FILE, gif)
             self._tensorboard("eval/first_game", gif, env_steps)
         self.draw_curve(env_steps)
 
@@ -66,7 +67,7 @@ class RunViews:
                   flush=True)
             png = None
         if png:
-            write_atomically(self.run_dir / CURVE_FILE, lambda tmp: Path(tmp).write_bytes(png))
+            self._write(CURVE_FILE, png)
             self._tensorboard("learning_curve", png, env_steps)
         if self.curve_due is not None:
             due, self.curve_due = self.curve_due, None
@@ -83,6 +84,16 @@ class RunViews:
             if time.monotonic() > deadline:
                 print(f"{CURVE_FILE} was not redrawn at the end: the evaluator took over {timeout:.0f} s", flush=True)
                 return
+
+    def _write(self, name: str, data: bytes) -> None:
+        """RUN_DIR/``name``, atomically."""
+        def write() -> None:
+            write_atomically(self.run_dir / name, lambda tmp: Path(tmp).write_bytes(data))
+
+        if self.saved is None:
+            write()
+        else:
+            self.saved.save_or_say(write, name)
 
     def _tensorboard(self, tag: str, encoded: bytes, env_steps: int) -> None:
         with self.log.writer.as_default():

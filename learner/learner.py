@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,24 @@ from replay.server import resolve_actor
 
 PREFETCH = 2  # replay sample calls kept in flight
 BATCHES_PER_REQUEST = 4  # one Ray round trip per 4 batches: a call costs more than its bytes
+NOTHING_TO_SAMPLE_SECONDS = 60.0  # a replay with nothing to draw for this long is an error, not a lag
+
+
+class ReplaySampleError(RuntimeError):
+    """The replay raised while sampling (not a lost replay): the run cannot learn, so it stops."""
+
+
+class _ReplayRestarted(Exception):
+    """A reply came from a new replay instance: what the learner holds of the old one is void."""
+
+
+def _replay_lost_errors() -> tuple[type[BaseException], ...]:
+    """Ray errors that mean the replay actor (or its reply) is gone, as opposed to an exception
+    raised inside it (``RayTaskError``), which is a real error."""
+    import ray
+
+    e = ray.exceptions
+    return e.RayActorError, e.ObjectLostError, e.WorkerCrashedError, e.NodeDiedError
 
 
 class Learner:
@@ -52,9 +71,14 @@ class Learner:
         self.steps = 0
         self.target_syncs = 0
         self.weights_version = 0
+        self.instance = uuid.uuid4().hex  # changes when Ray restarts this actor (from scratch) after a crash
         self._requests: collections.deque = collections.deque()  # sample calls in flight
         self._ready: collections.deque = collections.deque()  # batches received, not yet used
         self._priorities: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # not yet sent to the replay
+        # the replay instance the batches and priorities above belong to (None: not known yet); a
+        # replay that Ray restarted has a new one, and the old one's keys mean nothing to it
+        self.replay_instance: str | None = None
+        self.beta_from = (0, cfg.priority_beta)  # (learner steps, beta) the annealing starts from
         self._train_step = self._make_train_step(tf)
 
     def _make_train_step(self, tf: Any) -> Any:
@@ -99,24 +123,52 @@ class Learner:
         return train_step
 
     # --- batches -------------------------------------------------------------------------
+    @property
+    def beta(self) -> float:
+        """The importance-sampling exponent now: linear from ``beta_from`` to 1 at the run's last
+        learner step. A resumed run with a larger --total-env-steps goes on from the beta it reached."""
+        s0, b0 = self.beta_from
+        frac = min(1.0, max(0, self.steps - s0) / max(1, self.cfg.total_learner_steps - s0))
+        return b0 + frac * (1.0 - b0)
+
     def _request(self) -> None:
-        beta = self.cfg.beta(self.steps)
-        self._requests.append(self.replay.sample_packed.remote(self.cfg.batch_size, BATCHES_PER_REQUEST, beta))
+        self._requests.append(self.replay.sample_for_learner.remote(
+            self.cfg.batch_size, BATCHES_PER_REQUEST, self.beta, self.replay_instance))
 
     def _send_priorities(self) -> None:
-        """New priorities |td| of the sampled transitions, to the replay in one call."""
+        """New priorities |td| of the sampled transitions, to the replay in one call (tagged with
+        the replay instance they were sampled from: a restarted replay ignores them)."""
         if self._priorities:
             idx, keys, td = (np.concatenate(parts) for parts in zip(*self._priorities, strict=True))
-            self.replay.update_priorities.remote(idx, keys, np.abs(td))
+            self.replay.update_priorities.remote(idx, keys, np.abs(td), self.replay_instance)
             self._priorities = []
+
+    def _forget_replay(self, instance: str | None = None) -> None:
+        """Drop every batch, request and priority of the replay instance known so far."""
+        self._requests.clear()
+        self._ready.clear()
+        self._priorities = []
+        self.replay_instance = instance
 
     def _next_batch(self) -> Any:
         import ray
 
-        if not self._ready:
+        since = None
+        while not self._ready:
             while len(self._requests) < PREFETCH + 1:
                 self._request()
-            self._ready.extend(ray.get(self._requests.popleft()))
+            instance, batches = ray.get(self._requests.popleft())
+            if self.replay_instance not in (None, instance):
+                raise _ReplayRestarted(instance)
+            self.replay_instance = instance
+            if batches is None:  # nothing to draw yet: the explorers' pushes land after their runs end
+                since = since or time.monotonic()
+                if time.monotonic() - since > NOTHING_TO_SAMPLE_SECONDS:
+                    raise ReplaySampleError(f"the replay had no transition to sample for "
+                                            f"{NOTHING_TO_SAMPLE_SECONDS:.0f} s")
+                time.sleep(0.05)
+                continue
+            self._ready.extend(batches)
             self._request()
         return self._ready.popleft()
 
@@ -143,14 +195,21 @@ class Learner:
             self.target_syncs += 1
         return float(loss), float(mean_q), td.numpy()
 
-    def train(self, n_updates: int) -> dict:
+    def train(self, n_updates: int, replay_instance: str | None = None) -> dict:
         """Run up to ``n_updates`` updates on batches from the replay actor; return metrics.
 
         If the replay actor dies meanwhile the call ends early with ``replay_lost`` set (Ray
-        restarts the replay empty; the driver refills it before asking for more updates).
+        restarts the replay empty; the driver refills it before asking for more updates), and
+        what the learner held of the lost replay (batches, priorities) is dropped. The driver
+        passes the ``replay_instance`` it knows, so batches fetched from a replay that has
+        restarted since are never trained on. An exception raised inside the replay's sampling
+        is not a lost replay: the priorities computed so far are sent, and
+        :class:`ReplaySampleError` says what failed.
         """
         import ray
 
+        if replay_instance is not None and self.replay_instance not in (None, replay_instance):
+            self._forget_replay(replay_instance)
         t0 = time.perf_counter()
         waited = 0.0
         losses, qs = [], []
@@ -159,11 +218,20 @@ class Learner:
             w0 = time.perf_counter()
             try:
                 batch = self._next_batch()
-            except ray.exceptions.RayError:
-                self._requests.clear()
-                self._ready.clear()
+            except (_ReplayRestarted, *_replay_lost_errors()) as exc:
+                self._forget_replay(exc.args[0] if isinstance(exc, _ReplayRestarted) else None)
                 replay_lost = True
                 break
+            except (ray.exceptions.RayTaskError, ReplaySampleError) as exc:
+                self._requests.clear()
+                self._ready.clear()
+                self._send_priorities()
+                if isinstance(exc, ReplaySampleError):
+                    raise
+                cause = exc.cause if exc.cause is not None else exc
+                first = (str(cause).strip().splitlines() or [""])[0]
+                raise ReplaySampleError(f"the replay failed to sample a batch ({type(cause).__name__}: "
+                                        f"{first})") from None
             waited += time.perf_counter() - w0
             loss, mean_q, td = self.update(batch)
             losses.append(loss)
@@ -172,14 +240,12 @@ class Learner:
                 self._priorities.append((batch.indices, batch.keys, td))
                 if len(self._priorities) >= BATCHES_PER_REQUEST:
                     self._send_priorities()
-        if replay_lost:
-            self._priorities = []  # keys of the lost replay's entries mean nothing to its successor
-        else:
-            self._send_priorities()
+        self._send_priorities()  # none are left after a lost replay
         self.weights_version += 1
         return {
             "asked": n_updates,
             "updates": len(losses),
+            "weights_version": self.weights_version,
             "replay_lost": replay_lost,
             "learner_steps": self.steps,
             "target_syncs": self.target_syncs,
@@ -201,6 +267,11 @@ class Learner:
         """``(version, arrays)``: what explorers load and the driver exports."""
         return self.weights_version, self.online.get_weights()
 
+    def versions_from(self, min_version: int) -> None:
+        """Hand out weights versions of at least ``min_version`` from now on (a restarted learner:
+        explorers load weights only when the version differs from the one they hold)."""
+        self.weights_version = max(self.weights_version, int(min_version))
+
     def get_state(self) -> dict:
         """Everything needed to continue exactly: both networks, Adam's step and moments, counters."""
         return {
@@ -210,11 +281,17 @@ class Learner:
             "steps": self.steps,
             "target_syncs": self.target_syncs,
             "weights_version": self.weights_version,
+            "beta": self.beta,
         }
 
-    def set_state(self, state: dict) -> bool:
-        """Restore :meth:`get_state`'s output (a resumed run). False when Adam's state could not be
-        restored (a checkpoint from before the fused Adam) and starts afresh."""
+    def set_state(self, state: dict, min_version: int = 0) -> bool:
+        """Restore :meth:`get_state`'s output (a resumed run, a restarted learner). False when Adam's
+        state could not be restored (a checkpoint from before the fused Adam) and starts afresh.
+
+        ``min_version``: the weights versions handed out from now on are at least this (the
+        driver passes one past the newest it has seen, so no explorer mistakes new weights for
+        ones it holds). Beta goes on from the checkpoint's value, also under a new --total-env-steps.
+        """
         self.online.set_weights(state["online"])
         self.target.set_weights(state["target"])
         try:
@@ -225,4 +302,6 @@ class Learner:
         self.steps = int(state["steps"])
         self.target_syncs = int(state["target_syncs"])
         self.weights_version = int(state["weights_version"])
+        self.versions_from(min_version)
+        self.beta_from = (self.steps, float(state.get("beta", self.cfg.beta(self.steps))))
         return restored

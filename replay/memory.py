@@ -31,6 +31,9 @@ Differences from keras-rl, all where keras-rl has no defined behaviour:
 * ``new_segment`` (an actor restarted, an episode cut by a step limit) cuts the stream: the
   entry before the cut is never a transition (its next observation is unknown) and no stack
   reaches back across the cut;
+* ``continued_streams=True`` (the replay actor's): a stream's first entries may continue an episode
+  this memory never saw (Ray restarted the replay under a running explorer): their stacks would
+  need frames not here, so they are never transitions (``UNKNOWN``) until the stream's first start;
 * eviction: each stream is a ring of ``capacity // num_streams`` entries, oldest overwritten
   first. An entry whose stack would need an evicted frame (the first ``window - 1`` entries
   of the ring, unless an episode starts among them) is *not sampleable*, rather than zero-filled:
@@ -59,6 +62,8 @@ START = 1  # no stack reaches back past this entry (episode or segment start)
 SEGMENT = 2  # this entry does not continue the previous one: that one has no known successor
 AFTER_TERMINAL = 4  # the previous entry ended an episode: this one holds the terminal observation only
 DONE = 8  # the episode ended within this entry's horizon: its target has no bootstrap term
+UNKNOWN = 16  # continues an episode whose start this memory never saw: never a transition
+NOT_A_TRANSITION = AFTER_TERMINAL | UNKNOWN
 
 MAX_N_STEP = 10
 PRIORITY_EPS = 1e-6  # keeps a zero-|td| transition sampleable
@@ -148,6 +153,7 @@ class ReplayMemory:
         seed: int | None = None,
         n_step: int = 1,
         priority_alpha: float | None = None,
+        continued_streams: bool = False,
     ) -> None:
         if num_streams < 1:
             raise ValueError(f"num_streams must be >= 1, got {num_streams}")
@@ -184,7 +190,9 @@ class ReplayMemory:
         self._count = np.zeros(num_streams, np.int64)
         self._last_terms = np.zeros((num_streams, 2), bool)
         self._last_seg = np.zeros(num_streams, bool)
-        self._pending_seg = np.ones(num_streams, bool)  # a stream's first entry starts a segment
+        # a stream's first entry starts a segment; a continued stream's are UNKNOWN until a start
+        self._pending_seg = np.full(num_streams, not continued_streams)
+        self._known = np.full(num_streams, not continued_streams)
         # Leaf = global position; slots never written and terminal-observation entries hold 0.
         self._tree = SumTree(n) if priority_alpha is not None else None
         self._max_priority = 0.0  # largest stored leaf value so far (0: none yet)
@@ -219,7 +227,7 @@ class ReplayMemory:
     ) -> int:
         """Footprint of a memory of this size, computed without allocating it."""
         n = (capacity // num_streams) * num_streams
-        per_stream_state = 8 + 2 + 1 + 1
+        per_stream_state = 8 + 2 + 1 + 1 + 1
         nbytes = n * cls.bytes_per_transition(frame_shape) + int(np.prod(frame_shape)) + num_streams * per_stream_state
         if prioritized:
             nbytes += 2 * (1 << (n - 1).bit_length()) * 8
@@ -229,7 +237,7 @@ class ReplayMemory:
     def nbytes(self) -> int:
         """Bytes held by the preallocated arrays (reserved; pages commit as they fill)."""
         arrays = (self._frames, self._actions, self._returns, self._horizons, self._flags,
-                  self._count, self._last_terms, self._last_seg, self._pending_seg)
+                  self._count, self._last_terms, self._last_seg, self._pending_seg, self._known)
         return int(sum(a.nbytes for a in arrays)) + (self._tree.nbytes if self._tree is not None else 0)
 
     # --- priorities -----------------------------------------------------------------------
@@ -260,7 +268,7 @@ class ReplayMemory:
             raise ValueError(f"{len(indices)} indices but {len(keys)} keys")
         values = self._priority_values(priorities, len(indices))
         stream, offset, live = self._locate(indices)
-        current = live & (self._lo[stream] + offset == keys) & (self._flags[indices] & AFTER_TERMINAL == 0)
+        current = live & (self._lo[stream] + offset == keys) & (self._flags[indices] & NOT_A_TRANSITION == 0)
         if current.any():
             values = values[current]
             self._tree.update(indices[current], values)
@@ -331,7 +339,13 @@ class ReplayMemory:
         seg_prev = np.concatenate([[self._last_seg[stream]], seg[:-1]])  # SEGMENT of entry i - 1
         after_terminal = terms[1:-1] & ~seg
         start = seg | (terms[:-2] & ~seg & ~seg_prev)
-        flags = (start * START | seg * SEGMENT | after_terminal * AFTER_TERMINAL | dones * DONE).astype(np.uint8)
+        unknown = np.zeros(t_len, bool)
+        if not self._known[stream]:
+            starts = np.flatnonzero(start)
+            unknown[: starts[0] if len(starts) else t_len] = True
+            self._known[stream] = len(starts) > 0
+        flags = (start * START | seg * SEGMENT | after_terminal * AFTER_TERMINAL | dones * DONE
+                 | unknown * UNKNOWN).astype(np.uint8)
 
         self._last_terms[stream] = terms[-2:]
         self._last_seg[stream] = seg[-1]
@@ -356,7 +370,7 @@ class ReplayMemory:
             # the new entries' leaves replace the evicted ones': the tree sums live entries only
             if values is None:
                 values = np.full(t_len, self._default_priority())
-            values[after_terminal] = 0.0  # never a transition: never drawn
+            values[after_terminal | unknown] = 0.0  # never a transition: never drawn
             values = values[skip:]
             self._tree.update(base + (count + np.arange(skip, t_len)) % cap, values)
             self._max_priority = max(self._max_priority, float(values.max()))
@@ -396,7 +410,7 @@ class ReplayMemory:
 
     # --- persistence ----------------------------------------------------------------------
     _STATE = ("_frames", "_actions", "_returns", "_horizons", "_flags", "_count", "_last_terms", "_last_seg",
-              "_pending_seg")
+              "_pending_seg", "_known")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every array and counter (and the sum tree's leaves), for saving with the run's checkpoint."""
@@ -409,6 +423,14 @@ class ReplayMemory:
             state["priority_max"] = np.array(self._max_priority)
         return state
 
+    def check_state(self, state: dict[str, np.ndarray]) -> None:
+        """ValueError unless :meth:`load_state_dict` can restore ``state`` into this memory."""
+        shape = [self.capacity, self.num_streams, self.window, *self.frame_shape]
+        if list(state["shape"]) != shape:
+            raise ValueError(f"saved replay has shape {list(state['shape'])}, this one {shape}")
+        if "returns" in state and int(np.max(state["horizons"])) > self.n_step:
+            raise ValueError(f"saved replay has horizons up to {int(np.max(state['horizons']))} > n_step {self.n_step}")
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state_dict`; the memory must have the same shape.
 
@@ -416,16 +438,13 @@ class ReplayMemory:
         a save with a smaller ``n_step``, and a uniform save into a prioritized memory (every
         live entry then gets priority 1).
         """
-        shape = [self.capacity, self.num_streams, self.window, *self.frame_shape]
-        if list(state["shape"]) != shape:
-            raise ValueError(f"saved replay has shape {list(state['shape'])}, this one {shape}")
+        self.check_state(state)
         old_format = "returns" not in state
-        if not old_format and int(np.max(state["horizons"])) > self.n_step:
-            raise ValueError(f"saved replay has horizons up to {int(np.max(state['horizons']))} > n_step {self.n_step}")
+        state = {"known": np.True_, **state}  # a save from before continued streams knows every stream
         for name in self._STATE:
             key = name.lstrip("_")
-            if old_format and key in ("returns", "horizons"):
-                continue
+            if state.get(key) is getattr(self, name) or (old_format and key in ("returns", "horizons")):
+                continue  # frames already read in place (replay.npz_io), or an old format's
             getattr(self, name)[...] = state[key]
         if old_format:
             self._returns[...] = state["rewards"]
@@ -439,7 +458,7 @@ class ReplayMemory:
                 self._tree.restore(state["priorities"])
             else:
                 live = np.arange(self.capacity_per_stream) < self._sizes[:, None]
-                leaves = live.ravel() & (self._flags & AFTER_TERMINAL == 0)
+                leaves = live.ravel() & (self._flags & NOT_A_TRANSITION == 0)
                 self._tree.restore(leaves * self._default_priority())
 
     # --- reading --------------------------------------------------------------------------
@@ -466,7 +485,7 @@ class ReplayMemory:
         pos = stream[:, None] * cap + (self._lo[stream][:, None] + off) % cap
         f = self._flags[pos]
         m = self._horizons[pos[:, w - 1]].astype(np.int64)
-        valid = (offset + m < self._sizes[stream]) & (f[:, w - 1] & AFTER_TERMINAL == 0)
+        valid = (offset + m < self._sizes[stream]) & (f[:, w - 1] & NOT_A_TRANSITION == 0)
         # entries j+1 .. j+m continue j's episode: no cut, no episode start (also zero-fills
         # state1's history exactly as state0's); frames past j+m are masked
         ahead = self._ahead <= m[:, None]

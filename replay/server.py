@@ -16,6 +16,7 @@ import ray
 
 from core.atomic import write_atomically
 from replay.memory import Batch, PackedBatch, ReplayMemory, tune_malloc
+from replay.npz_io import load_npz
 
 
 class ReplayServer:
@@ -24,7 +25,9 @@ class ReplayServer:
     def __init__(self, capacity: int, num_streams: int, **options: Any) -> None:
         """``options``: :class:`ReplayMemory`'s (seed, n_step, priority_alpha, window, frame_shape)."""
         tune_malloc()  # this process returns fresh batch arrays on every call: keep them off the kernel
-        self.memory = ReplayMemory(capacity, num_streams, **options)
+        # continued_streams: after Ray restarts this actor, explorers go on mid-episode; entries
+        # whose stacks would need the lost frames are never sampled (replay.memory)
+        self.memory = ReplayMemory(capacity, num_streams, continued_streams=True, **options)
         self.instance = uuid.uuid4().hex  # changes when Ray restarts this actor (empty) after a crash
 
     def status(self) -> tuple[str, int]:
@@ -41,9 +44,9 @@ class ReplayServer:
         return len(self.memory)
 
     def load(self, path: str) -> int:
-        """Replace the memory with one saved by :meth:`save`; return its size."""
-        with np.load(path) as data:
-            self.memory.load_state_dict({k: data[k] for k in data.files})
+        """Replace the memory with one saved by :meth:`save`; return its size. The frames are read
+        in place, so loading needs no second copy of them (launch.py's memory check counts one)."""
+        load_npz(self.memory, path)
         return len(self.memory)
 
     def add_chunks(self, chunks: list[dict[str, Any]]) -> int:
@@ -62,8 +65,26 @@ class ReplayServer:
         """Batches with shared frames (what the learner asks for: fewer bytes per call)."""
         return [self.memory.sample_packed(batch_size, beta) for _ in range(num_batches)]
 
-    def update_priorities(self, indices: Any, keys: Any, priorities: Any) -> None:
-        """The learner's new |td| for transitions it sampled (``keys`` drop overwritten ones)."""
+    def sample_for_learner(self, batch_size: int, num_batches: int, beta: float,
+                           instance: str | None = None) -> tuple[str, list[PackedBatch] | None]:
+        """The learner's call: ``(this replay's instance id, packed batches)``. When ``instance`` is
+        given and is not this replay's (Ray restarted it since the learner's last batches), nothing
+        is drawn: ``(id, [])`` tells the learner to drop what it holds of the old one. ``(id, None)``:
+        nothing to draw yet (the explorers' first pushes are still on their way); the learner waits."""
+        if instance is not None and instance != self.instance:
+            return self.instance, []
+        try:
+            return self.instance, self.sample_packed(batch_size, num_batches, beta)
+        except ValueError:
+            if self.memory.can_sample():
+                raise  # a real error, not an empty memory: the learner stops the run with it
+            return self.instance, None
+
+    def update_priorities(self, indices: Any, keys: Any, priorities: Any, instance: str | None = None) -> None:
+        """The learner's new |td| for transitions it sampled (``keys`` drop overwritten ones). With
+        ``instance`` (the replay they were sampled from) not this one, they are stale: dropped."""
+        if instance is not None and instance != self.instance:
+            return
         self.memory.update_priorities(indices, keys, priorities)
 
     def priorities(self, indices: Any) -> np.ndarray:

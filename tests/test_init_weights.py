@@ -74,6 +74,42 @@ def test_launch_starts_both_networks_from_a_stock_kerasrl_file(ray_session, stoc
     assert json.loads((run_dir / "config.json").read_text())["init_weights"] == str(stock_file)
 
 
+def test_a_restarted_learner_starts_again_from_the_file_with_versions_past_every_one_seen(ray_session, stock_file):
+    """A learner SIGKILLed before the run's first checkpoint: Ray restarts it with the same
+    arguments, so it starts again from --init-weights (not from scratch), and the driver's
+    versions_from puts its weights versions past every one handed out before."""
+    import signal
+    import time
+
+    from config import Config
+    from distributed import topology
+
+    ray = ray_session
+    stock = h5_arrays(stock_file)
+    learner = topology.learner_actor(Config(batch_size=16), 4, None, 1, stock)
+    try:
+        pid, instance = ray.get(learner.__ray_call__.remote(lambda lrn: (os.getpid(), lrn.instance)))
+        ray.get(learner.versions_from.remote(9))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                now = ray.get(learner.__ray_call__.remote(lambda lrn: lrn.instance))
+                if now != instance:
+                    break
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+                pass
+            assert time.monotonic() < deadline, "the learner did not come back"
+            time.sleep(0.2)
+        version, weights = ray.get(learner.get_weights.remote())
+        assert version == 0, "a restarted learner starts afresh: the driver moves its versions on"
+        assert all(np.array_equal(a, b) for a, b in zip(weights, stock, strict=True))
+        ray.get(learner.versions_from.remote(10))
+        assert ray.get(learner.get_weights.remote())[0] == 10
+    finally:
+        ray.kill(learner)
+
+
 def launch_error(tmp_path: Path, name: str, *args: str) -> str:
     """launch.py ARGS in a fresh process: a one-line error, no run directory and no Ray started."""
     env_dir = tmp_path / f"ray-{name}"

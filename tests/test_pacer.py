@@ -67,3 +67,18 @@ def test_a_learner_restarted_from_an_older_checkpoint_resumes_its_counters() -> 
     pacer.refill()
     pacer.learner_restarted(200)
     assert (pacer.updates_done, pacer.updates_issued, pacer.refill_from) == (200, 200, (5_000, 200))
+
+
+def test_a_restarted_learner_does_not_redo_its_lost_updates_back_to_back() -> None:
+    """300 updates were lost with the learner (done since its checkpoint): the ratio goes on from
+    the restored step, so the backlog the learner may issue is what it was before the loss (it
+    used to be 300 more, done at once on a replay that had not changed)."""
+    pacer = Pacer(_cfg(), env_steps=1_000, updates_done=0)
+    pacer.explorer_ran(2_000)  # 500 updates allowed
+    for _ in range(46):
+        pacer.learner_called(asked=pacer.issue_learner_call(), updates=10)
+    assert (pacer.updates_done, pacer.updates_allowed()) == (460, 500)
+    assert pacer.learner_restarted(160) == 300
+    assert (pacer.updates_done, pacer.updates_issued, pacer.updates_allowed()) == (160, 160, 200)
+    pacer.explorer_ran(40)
+    assert pacer.updates_allowed() == 210

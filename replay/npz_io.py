@@ -1,0 +1,48 @@
+"""Loading a saved replay (replay.npz) without a second copy of its frames.
+
+``np.load`` reads each array whole, and copying that into the preallocated ring holds the
+frames twice (14 GB at the peak for a 1M replay, where launch.py's memory check budgets 7):
+the frames are read straight into the memory's own array instead, 8 MB at a time.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from replay.memory import ReplayMemory
+
+
+def load_npz(memory: ReplayMemory, path: str) -> None:
+    """Restore a ``np.savez`` of :meth:`ReplayMemory.state_dict` from ``path`` into ``memory``.
+    Everything but the frames is read and checked first, so a save of another shape changes nothing."""
+    with zipfile.ZipFile(path) as z:
+        state = {}
+        for name in z.namelist():
+            key = name.removesuffix(".npy")
+            if key != "frames":
+                with z.open(name) as f:
+                    state[key] = np.lib.format.read_array(f)
+        memory.check_state(state)
+        with z.open("frames.npy") as f:
+            read_npy_into(f, memory._frames)
+    state["frames"] = memory._frames  # load_state_dict leaves an array read in place as it is
+    memory.load_state_dict(state)
+
+
+def read_npy_into(f: Any, out: np.ndarray, chunk: int = 8 << 20) -> None:
+    """Read one ``.npy`` stream into ``out`` (same shape and dtype), ``chunk`` bytes at a time."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    if tuple(shape) != out.shape or dtype != out.dtype or fortran:
+        raise ValueError(f"saved frames are {dtype} {tuple(shape)}, this memory's {out.dtype} {out.shape}")
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done: done + chunk])
+        if not n:
+            raise ValueError(f"saved frames end after {done:,} of {len(view):,} bytes: the file is truncated")
+        done += n
