@@ -82,20 +82,31 @@ class Evaluations:
 
     def final(self, weights: Any, env_steps: int, learner_steps: int, stop: Any) -> None:
         """At the end of a finished run: evaluate the final network (unless that was just done).
-        A stop (Ctrl-C) skips it."""
+        A stop (Ctrl-C) skips it. An evaluator that Ray is still restarting (after a crash) fails the
+        call at once: the final evaluation is tried again for up to two minutes."""
+        import time
+
         import ray
 
         if not self.cfg.eval_every or stop:
             return
-        for final in (False, True):
-            if final and self.log.last_eval_version != ray.get(weights)[0]:
-                print(f"final evaluation: {self.cfg.eval_episodes} games (Ctrl-C skips it)...", flush=True)
-                self.start(weights, env_steps, learner_steps)
-            while self.future is not None:
-                if stop:
-                    return
-                if ray.wait([self.future[0]], timeout=0.5)[0]:
-                    self._done()
+        self._wait(stop)  # an evaluation in flight
+        version = ray.get(weights)[0]
+        deadline = time.monotonic() + 120
+        while not stop and self.log.last_eval_version != version and time.monotonic() < deadline:
+            print(f"final evaluation: {self.cfg.eval_episodes} games (Ctrl-C skips it)...", flush=True)
+            self.start(weights, env_steps, learner_steps)
+            self._wait(stop)
+            if self.log.last_eval_version != version:
+                time.sleep(2)  # the evaluator is coming back
+
+    def _wait(self, stop: Any) -> None:
+        """Wait for the evaluation in flight, if any, and log it (a stop leaves it)."""
+        import ray
+
+        while self.future is not None and not stop:
+            if ray.wait([self.future[0]], timeout=0.5)[0]:
+                self._done()
 
     def finish(self, env_steps: int) -> None:
         """At the end of the run, stopped or not: the learning curve with every game."""
