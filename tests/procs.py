@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,38 @@ def session_actor_pids(title: str) -> list[int]:
         if int(ppid) in raylets and args.startswith(title):
             pids.append(int(pid))
     return pids
+
+
+def run_and_kill(run_dir: Path, argv: list[str], title: str, ready: Callable[[dict], bool]) -> list[int]:
+    """Run ``launch.main`` in this thread; from another, SIGKILL the first of this session's ``title``
+    processes once a record of RUN_DIR/metrics.jsonl satisfies ``ready``. Returns the PIDs killed;
+    nothing is killed after the run ends (a later test's actors are not ours to kill)."""
+    import json
+    import signal
+    import threading
+
+    import launch
+
+    killed: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:
+        metrics = run_dir / "metrics.jsonl"
+        while not done.is_set() and not killed:
+            if metrics.exists() and any(ready(json.loads(x)) for x in metrics.read_text().splitlines()):
+                for pid in session_actor_pids(title)[:1]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            done.wait(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        assert launch.main([*argv, "--run-dir", str(run_dir)]) == 0
+    finally:
+        done.set()
+        thread.join()
+    return killed
 
 
 def h5_abs_sum(path: Path) -> float:

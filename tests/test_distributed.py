@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from procs import session_actor_pids, stock_kerasrl
+from procs import run_and_kill, session_actor_pids, stock_kerasrl
 
 from actors.cpu_priority import yield_cpu
 from actors.explorer import Explorer, stream_epsilon
@@ -240,35 +240,9 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
 
 
 def _run_and_kill(run_dir: Path, argv: list[str], title: str, counter: str) -> list[int]:
-    """Run launch.main in this thread; from another, SIGKILL the first of this session's ``title``
-    processes once metrics.jsonl shows ``counter`` > 0 (an eval_* field: once it is set). Returns the PIDs
-    killed."""
-    import signal
-    import threading
-
-    import launch
-
-    killed: list[int] = []
-    done = threading.Event()  # the run is over: kill nothing of a later test's
-
-    def killer() -> None:
-        metrics = run_dir / "metrics.jsonl"
-        while not done.is_set() and not killed:
-            if metrics.exists() and any((json.loads(x)[counter] or 0) > 0 or counter.startswith("eval") and
-                                        json.loads(x)[counter] is not None for x in metrics.read_text().splitlines()):
-                for pid in session_actor_pids(title)[:1]:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            done.wait(0.2)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
-        assert launch.main([*argv, "--run-dir", str(run_dir)]) == 0
-    finally:
-        done.set()
-        thread.join()
-    return killed
+    """:func:`procs.run_and_kill` once metrics.jsonl shows ``counter`` > 0 (an eval_* field: once it is set)."""
+    return run_and_kill(run_dir, argv, title, lambda r: (r[counter] or 0) > 0 or counter.startswith("eval") and
+                        r[counter] is not None)
 
 
 def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Path) -> None:

@@ -423,36 +423,17 @@ def test_a_killed_learner_restores_its_checkpoint_and_keeps_the_replay_ratio(ray
     since the checkpoint are not redone back to back on the replay as it is (they used to be)."""
     import json
     import re
-    import threading
 
-    from procs import session_actor_pids
+    from procs import run_and_kill
 
-    import launch
 
     total, starts, spi, batch = 3000, 400, 1, 32
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", str(total), "--learning-starts",
             str(starts), "--replay-capacity", "4000", "--samples-per-insert", str(spi), "--updates-per-call", "4",
             "--checkpoint-every", "16", "--export-every", "1000", "--log-every", "0.3"]
     run_dir = tmp_path / "run"
-    killed: list[int] = []
-    done = threading.Event()
-
-    def killer() -> None:  # once learner step 24 is logged: past the first checkpoint (16)
-        metrics = run_dir / "metrics.jsonl"
-        while not done.is_set() and not killed:
-            if metrics.exists() and any(json.loads(x)["learner_steps"] >= 24 for x in metrics.read_text().splitlines()):
-                for pid in session_actor_pids("ray::Learner")[:1]:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            done.wait(0.1)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
-        assert launch.main([*argv, "--run-dir", str(run_dir)]) == 0
-    finally:
-        done.set()
-        thread.join()
+    # once learner step 24 is logged: past the first checkpoint (16)
+    killed = run_and_kill(run_dir, argv, "ray::Learner", lambda r: r["learner_steps"] >= 24)
     out = capsys.readouterr().out
     assert killed, "the learner was never killed"
     found = re.search(r"the learner failed \(1 time\(s\)\); restarted from the last checkpoint at learner step "
