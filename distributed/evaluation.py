@@ -14,6 +14,7 @@ from typing import Any
 
 from config import Config
 from core.policy_file import save_policy
+from distributed import first_line
 from distributed.disk import Saved
 from distributed.runlog import RunLog, best_evaluation
 from distributed.views import RunViews
@@ -67,7 +68,7 @@ class Evaluations:
         try:
             result = ray.get(future)
         except ray.exceptions.RayError as exc:  # a failed evaluation must not end the training
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            why = first_line(exc)
             print(f"an evaluation failed ({why}); the next one starts at the next --eval-every", flush=True)
             return
         self.log.evaluation(env_steps, learner_steps, version, result)

@@ -15,6 +15,7 @@ from typing import Any
 
 from core.atomic import write_atomically
 from core.pictures import BEST_GAME_FILE, CURVE_FILE, GAMES_FOLDER, image_summary
+from distributed import first_line
 
 
 class RunViews:
@@ -62,7 +63,7 @@ class RunViews:
         try:
             png = ray.get(future)
         except ray.exceptions.RayError as exc:  # a lost curve must not end the training
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            why = first_line(exc)
             print(f"the learning curve was not drawn ({why}); it is drawn again after the next evaluation",
                   flush=True)
             png = None
