@@ -15,7 +15,7 @@ from typing import Any
 
 from config import Config
 from core.policy_file import SnapshotWriter, save_policy
-from distributed import topology
+from distributed import first_line, topology
 from distributed.checkpoint import CHECKPOINT, REPLAY_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from distributed.disk import Saved
 from distributed.evaluation import Evaluations
@@ -156,7 +156,7 @@ class Driver:
             self.learner_lost()
             return
         except ray.exceptions.RayTaskError as exc:  # raised inside the learner: learning cannot go on
-            raise RunFailed(f"the learner stopped: {(str(exc.cause or exc).strip().splitlines() or [''])[0]}") from None
+            raise RunFailed(f"the learner stopped: {first_line(exc.cause or exc)}") from None
         self.version_seen = max(self.version_seen, result["weights_version"])
         self.pacer.learner_called(result["asked"], result["updates"])  # a lost replay cuts a call short
         self.learner_metrics = result
@@ -202,14 +202,10 @@ class Driver:
     # --- failures ---------------------------------------------------------------------------
     def replay_size(self) -> int:
         """The replay's size; notices a restarted (empty) replay actor and starts the refill."""
-        for attempt in range(600):  # a restarting replay answers within seconds; give it a minute
-            try:
-                instance, size = self.ray.get(self.replay.status.remote())
-                break
-            except (self.ray.exceptions.ActorUnavailableError, self.ray.exceptions.RayActorError):
-                if attempt == 599:
-                    raise
-                time.sleep(0.1)
+        # a restarting replay answers within seconds; give it a minute
+        instance, size = self.when_back(self.replay.status.remote, seconds=60.0,
+                                        errors=(self.ray.exceptions.ActorUnavailableError,
+                                                self.ray.exceptions.RayActorError))
         if self.replay_instance is not None and instance != self.replay_instance:
             self.replay_emptied()
         self.replay_instance = instance
@@ -246,17 +242,19 @@ class Driver:
               f"{'the last checkpoint' if learner_state else start + ' (no checkpoint yet)'} at learner step "
               f"{self.updates_done:,} ({lost:,} learner steps lost)", flush=True)
 
-    def when_back(self, call: Any, seconds: float = 300.0) -> Any:
-        """``ray.get(call())``, retried while Ray restarts the actor (a learner builds its networks
-        first: calls to it fail meanwhile, and a weights ref asked for then would fail for good)."""
+    def when_back(self, call: Any, seconds: float = 300.0, errors: tuple[type, ...] | None = None) -> Any:
+        """``ray.get(call())``, retried on ``errors`` (default: ActorUnavailableError) for up to
+        ``seconds`` while Ray restarts the actor (a learner builds its networks first: calls to it
+        fail meanwhile, and a weights ref asked for then would fail for good)."""
+        errors = errors or (self.ray.exceptions.ActorUnavailableError,)
         deadline = time.monotonic() + seconds
         while True:
             try:
                 return self.ray.get(call())
-            except self.ray.exceptions.ActorUnavailableError:
+            except errors:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.2)
+                time.sleep(0.1)
 
     # --- state on disk ----------------------------------------------------------------------
     def restore_learner(self, learner_state: dict, min_version: int = 0) -> None:
