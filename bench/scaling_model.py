@@ -7,8 +7,8 @@ Inputs (see docs/scaling.md for the commands that wrote them):
   --actor     bench/actor.py: one explorer's agent steps per CPU second by emulators K and precision
   --learner   bench/learner.py, one file per --threads (1 and 2): updates/s by batch and precision
   --replay    the replay actor's cost on its one core: seconds per inserted transition and per sampled
-              batch (keys "insert_s_per_transition", "sample_s_per_batch": {batch: seconds}); the
-              coordinator swaps in the many-writer ceiling when it is measured
+              batch (keys "insert_s_per_transition", "sample_s_per_batch": {batch: seconds}), or the
+              JSON of bench/replay_ceiling.py (its many-writer ceiling), solved for the same two costs
   --validate  bench/end_to_end.py runs of launch.py here, set beside the model's prediction
   --gpu       optional: a bench/learner.py JSON measured on a GPU; without it the GPU head's learner
               is "not measured" and only its explorer and replay ceilings are given
@@ -99,6 +99,18 @@ class Inputs:
         return s0 + (s1 - s0) * (batch - b0) / (b1 - b0)
 
 
+def replay_costs(data: dict) -> tuple[float, dict[int, float]]:
+    """Seconds of the replay's core per inserted transition and per sampled batch, from either form:
+    the costs themselves, or bench/replay_ceiling.py's JSON (the ceiling: agent steps/s inserted while
+    serving batches/s; its last row: batches/s sampled alone) solved for the two costs."""
+    if "insert_s_per_transition" in data:
+        return float(data["insert_s_per_transition"]), {int(b): float(t) for b, t in data["sample_s_per_batch"].items()}
+    batch, alone = int(data["args"]["batch"]), float(data["rows"][-1]["batches_s"])
+    ceiling = data["ceiling"]
+    t_sample = 1.0 / alone
+    return (1.0 - ceiling["batches_s"] * t_sample) / ceiling["inserted_steps_s"], {batch: t_sample}
+
+
 def load(args: argparse.Namespace) -> Inputs:
     actor = _read(args.actor)
     explorer = {}
@@ -122,9 +134,8 @@ def load(args: argparse.Namespace) -> Inputs:
         for row in _read(args.gpu)["rows"]:
             if row["double_dqn"]:
                 gpu[int(row["batch"])] = max(gpu.get(int(row["batch"]), 0.0), row["ours_updates_per_s"]["median"])
-    replay = _read(args.replay)
-    return Inputs(explorer, learner, gpu, float(replay["insert_s_per_transition"]),
-                  {int(b): float(s) for b, s in replay["sample_s_per_batch"].items()}, max(peaks),
+    t_insert, t_sample = replay_costs(_read(args.replay))
+    return Inputs(explorer, learner, gpu, t_insert, t_sample, max(peaks),
                   {"actor": args.actor, "learner": args.learner, "replay": args.replay, "gpu": args.gpu or ""})
 
 

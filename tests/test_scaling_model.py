@@ -86,3 +86,12 @@ def test_a_missing_input_is_one_line_that_says_what_to_run(tmp_path: Path) -> No
         scaling_model.main(argv)
     msg = str(exc.value)
     assert "replay.json" in msg and "docs/scaling.md" in msg and "\n" not in msg
+
+
+def test_the_replay_ceiling_form_gives_costs_that_reproduce_the_ceiling() -> None:
+    """bench/replay_ceiling.py's JSON: inserting at the ceiling while serving its batches fills one core."""
+    data = {"args": {"batch": 512}, "rows": [{"batches_s": 30.0}, {"batches_s": 80.0}],
+            "ceiling": {"inserted_steps_s": 40_000.0, "batches_s": 30.0}}
+    t_insert, t_sample = scaling_model.replay_costs(data)
+    assert list(t_sample) == [512] and t_sample[512] == pytest.approx(1 / 80.0)
+    assert 40_000.0 * t_insert + 30.0 * t_sample[512] == pytest.approx(1.0)
