@@ -40,6 +40,8 @@ from bench import common  # noqa: E402
 BATCHES = (32, 64, 128, 256, 512)
 RATIOS = (8.0, 4.0, 2.0, 1.0)
 BENCH = common.ROOT / "docs" / "bench"
+OTHER_CORES = 0.1  # ASSUMED: driver, evaluator and Ray's own processes on this machine (end_to_end.py's
+#                    cores by role showed 0.06-0.1 in docs/benchmarks.md's runs)
 
 
 def _read(path: str) -> dict:
@@ -146,12 +148,13 @@ class Shape:
     name: str
     explorers: int
     envs: int
-    precision: str  # what the nodes compute in (c5: float32, no AVX-512 BF16)
+    precision: str  # what the learner computes in (c5: float32, no AVX-512 BF16)
     learner_cores: float  # this-machine cores the learner's threads amount to (0: a GPU learner)
     explorer_core: float  # one explorer's speed as a fraction of one core here
     explorer_cores: float  # cores the explorers can use at most, in explorer units
     replay_core: float  # the replay's core as a fraction of one core here
     measured: bool = True  # False: the learner is not measured (GPU head without --gpu)
+    explorer_precision: str = "float32"  # what the explorers' nodes compute in
 
 
 def apex_batch(explorers: int) -> int:
@@ -167,7 +170,7 @@ def ceilings(inp: Inputs, s: Shape, batch: int, ratio: float) -> dict:
         u = inp.gpu.get(batch, float("nan")) if inp.gpu else float("nan")
     else:
         u = inp.updates(batch, s.precision, s.learner_cores)
-    per_explorer = inp.explorer_rate(s.envs, s.precision) * s.explorer_core
+    per_explorer = inp.explorer_rate(s.envs, s.explorer_precision) * s.explorer_core
     parts = {"learner": u * batch / ratio,
              "explorers": per_explorer * min(s.explorers, s.explorer_cores),
              "replay": s.replay_core / (inp.t_insert + ratio / batch * inp.sample_seconds(batch))}
@@ -188,7 +191,7 @@ def local_shape(inp: Inputs, explorers: int, envs: int, cores: int, precision: s
     threads = int(max(1, min(cores - explorers * share, cores)))
     used = inp.learner[(BATCHES[0], precision, min(threads, 2))][1]
     return Shape(f"this machine, {explorers} x {envs}", explorers, envs, precision, threads, 1.0,
-                 max(0.0, cores - used - 0.1), 1.0)
+                 max(0.0, cores - used - OTHER_CORES), 1.0, explorer_precision=precision)
 
 
 def c5_shapes(args: argparse.Namespace) -> list[Shape]:
@@ -200,6 +203,13 @@ def c5_shapes(args: argparse.Namespace) -> list[Shape]:
         ex = args.worker_explorers * n
         out.append(Shape(f"c5.4xlarge head + {n} c5.4xlarge worker{'s' if n > 1 else ''}", ex, args.envs, "float32",
                          learner_cores, args.core_speed * args.ht_share, ex, args.core_speed))
+    # a head of the CPU generation measured here (AMX-BF16: Sapphire Rapids or later, e.g. c7i.4xlarge):
+    # its cores taken as fast as these, so the learner runs bfloat16 at the measured rates
+    amx = (args.head_vcpus - args.head_reserved) / 2
+    for n in (1, 4):
+        ex = args.worker_explorers * n
+        out.append(Shape(f"c7i.4xlarge (AMX) head + {n} c5.4xlarge worker{'s' if n > 1 else ''}", ex, args.envs,
+                         "bfloat16", amx, args.core_speed * args.ht_share, ex, 1.0))
     out.append(Shape("GPU head + 4 c5.4xlarge workers", args.worker_explorers * 4, args.envs, "float32", 0,
                      args.core_speed * args.ht_share, args.worker_explorers * 4, args.core_speed,
                      measured=False))
@@ -324,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["explorers_per_learner"] = {}
     for name, shape in ((f"one c5.4xlarge-head learner (float32, {shapes[0].learner_cores:.1f} cores-here)", shapes[0]),
                         (f"this machine's learner ({here.precision}, 1 thread, explorers as fast as here)", here)):
-        per = inp.explorer_rate(args.envs, shape.precision) * shape.explorer_core
+        per = inp.explorer_rate(args.envs, shape.explorer_precision) * shape.explorer_core
         print(f"\nExplorers {name} can keep busy (one explorer: {per:,.0f} agent steps/s; '*': the replay's "
               f"ceiling is lower than the learner's, so fewer):")
         header(["ratio", *(f"batch {b}" for b in BATCHES)])
