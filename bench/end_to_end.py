@@ -119,12 +119,12 @@ def start_cluster(shape: str, env: dict, ray_tmp: Path) -> Any:
     that the CPU sampler counts them. launch.py joins it with --address and --explorer-resource."""
     import secrets
 
-    from ray.cluster_utils import Cluster
-
     head, worker = (int(x) for x in shape.split("+"))
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     for key in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the nodes inherit these from this process
         os.environ[key] = env[key] if key != "RAY_TMPDIR" else str(ray_tmp)
+    from ray.cluster_utils import Cluster  # after the environment: Ray reads its auth mode when imported
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head, "include_dashboard": False})
     cluster.add_node(num_cpus=worker, resources={"explorer": worker})
     print(f"    cluster_utils cluster at {cluster.address}: head {head} CPU(s), worker {worker} CPU(s) "
