@@ -286,6 +286,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: --head-reserved must be at least 0 and below --head-vcpus")
     inp = load(args)
     args.matmul_speed = args.c5_matmul_gflops / inp.matmul_per_core
+    got = [used for (_, _, t), (_, used) in inp.learner.items() if t == 2]
+    if got and sum(got) / len(got) < 1.5:
+        print(f"warning: the 2-thread learner run used {sum(got) / len(got):.2f} cores on average, not 2 (other load "
+              "on the machine): its figures say little about threads; rerun bench/learner.py --threads 2 on a quiet "
+              "machine")
     md = args.markdown
     sep = " | " if md else "  "
 
