@@ -70,6 +70,7 @@ class Inputs:
     t_sample: dict[int, float]  # batch -> replay core seconds per sampled batch
     matmul_per_core: float  # float32 matmul GFLOP per CPU second measured beside the learner
     sources: dict[str, str]
+    serial: float | None = None  # Amdahl's serial share when given (--learner-serial), else fitted
 
     def explorer_rate(self, k: int, precision: str) -> float:
         if (k, precision) in self.explorer:
@@ -89,6 +90,8 @@ class Inputs:
         u1 = self.learner[(batch, precision, 1)][0]
         u2 = self.learner.get((batch, precision, 2), (u1, 0.0))[0]
         serial = min(1.0, max(0.0, 2 * u1 / u2 - 1))  # from u2 = u1 / (s + (1 - s) / 2)
+        if self.serial is not None:
+            serial = self.serial
         t = max(1.0, threads)
         return u1 / (serial + (1 - serial) / t)
 
@@ -277,14 +280,20 @@ def main(argv: list[str] | None = None) -> dict:
                    help="cores of the machine the inputs were measured on (1-256, default: this one's, %(default)s)")
     p.add_argument("--local-precision", default="bfloat16", choices=("bfloat16", "float32"),
                    help="what --learner-precision auto picked on that machine (default: %(default)s)")
+    p.add_argument("--learner-serial", type=float, default=None,
+                   help="Amdahl's serial share of the learner's update (0-1; 0: perfect scaling over threads, 1: "
+                        "none) instead of the share fitted to the 1- and 2-thread runs (default: fitted)")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs/scaling.md)")
     args = common.parse(p, argv, json_path="")
     for name, lo, hi in (("core_speed", 0.1, 2), ("c5_matmul_gflops", 10, 500), ("ht_share", 0.5, 1)):
         if not lo <= getattr(args, name) <= hi:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be in [{lo}, {hi}]")
+    if args.learner_serial is not None and not 0 <= args.learner_serial <= 1:
+        raise SystemExit("error: --learner-serial must be in [0, 1]")
     if not 0 <= args.head_reserved < args.head_vcpus:
         raise SystemExit("error: --head-reserved must be at least 0 and below --head-vcpus")
     inp = load(args)
+    inp.serial = args.learner_serial
     args.matmul_speed = args.c5_matmul_gflops / inp.matmul_per_core
     got = [used for (_, _, t), (_, used) in inp.learner.items() if t == 2]
     if got and sum(got) / len(got) < 1.5:
