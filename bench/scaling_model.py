@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--replay", default=str(BENCH / "scaling_replay.json"),
                    help="replay cost JSON (default: %(default)s)")
     p.add_argument("--gpu", default="", help="bench/learner.py JSON measured on a GPU (default: none, not measured)")
-    p.add_argument("--validate", default=f"{BENCH / 'scaling_e2e.json'}",
+    p.add_argument("--validate", default=f"{BENCH / 'scaling_e2e.json'},{BENCH / 'scaling_e2e_cluster.json'}",
                    help="bench/end_to_end.py JSONs, comma-separated ('' for none) (default: %(default)s)")
     p.add_argument("--envs", type=int, default=8, help="emulators per explorer on a cluster, launch.py's default "
                    "(1-256, default: %(default)s)")
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
                      for r in RATIOS}
         result["shapes"].append({"shape": s.name, "explorers": s.explorers, "defaults": c, "best_per_ratio": per_ratio})
         neck = c["bottleneck"] + ("" if s.measured else " (learner n/m)")
-        need = min(c["ceilings"]["explorers"], c["ceilings"]["replay"]) * c["ratio"] / c["batch"]
+        need = c["ceilings"]["explorers"] * c["ratio"] / c["batch"]
         print(row([s.name, str(s.explorers), str(c["batch"]), *(_fmt(c["ceilings"][k]) for k in
                                                               ("learner", "explorers", "replay")),
                    _fmt(c["agent_steps_per_s"]), _upd(c), neck, f"{need:,.0f}"]))
