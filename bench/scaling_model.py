@@ -346,7 +346,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(row([s.name, ratio, str(b["batch"]), _fmt(b["agent_steps_per_s"]), _upd(b), b["bottleneck"],
                        f"{busy:.1f} of {s.explorers}"]))
     result["explorers_per_learner"] = {}
+    amx = next(sh for sh in shapes if sh.precision == "bfloat16")
     for name, shape in ((f"one c5.4xlarge-head learner (float32, {shapes[0].learner_cores:.1f} cores-here)", shapes[0]),
+                        (f"one AMX-head learner (bfloat16, {amx.learner_cores:.1f} cores-here)", amx),
                         (f"this machine's learner ({here.precision}, 1 thread, explorers as fast as here)", here)):
         per = inp.explorer_rate(args.envs, shape.explorer_precision) * shape.explorer_core
         print(f"\nExplorers {name} can keep busy (one explorer: {per:,.0f} agent steps/s; '*': the replay's "
