@@ -70,6 +70,7 @@ class Inputs:
     t_sample: dict[int, float]  # batch -> replay core seconds per sampled batch
     matmul_per_core: float  # float32 matmul GFLOP per CPU second measured beside the learner
     sources: dict[str, str]
+    machine: dict  # the machine the learner was measured on (bench/common.machine())
     serial: float | None = None  # Amdahl's serial share when given (--learner-serial), else fitted
 
     def explorer_rate(self, k: int, precision: str) -> float:
@@ -124,8 +125,10 @@ def load(args: argparse.Namespace) -> Inputs:
         explorer[(int(row["envs"]), pr)] = row["steps_per_s"]["cpu"]["median"]
     learner: dict[tuple[int, str, int], tuple[float, float]] = {}
     peaks = []
+    machine: dict = {}
     for path in args.learner.split(","):
         data = _read(path)
+        machine = machine or data["machine"]
         peaks.append(data["matmul_peak"]["per_core"])
         threads = int(data["args"]["threads"]) or int(data["machine"]["cores"])
         for row in data["rows"]:
@@ -140,8 +143,8 @@ def load(args: argparse.Namespace) -> Inputs:
             if row["double_dqn"]:
                 gpu[int(row["batch"])] = max(gpu.get(int(row["batch"]), 0.0), row["ours_updates_per_s"]["median"])
     t_insert, t_sample = replay_costs(_read(args.replay))
-    return Inputs(explorer, learner, gpu, t_insert, t_sample, max(peaks),
-                  {"actor": args.actor, "learner": args.learner, "replay": args.replay, "gpu": args.gpu or ""})
+    return Inputs(explorer, learner, gpu, t_insert, t_sample, matmul_per_core=max(peaks), machine=machine,
+                  sources={"actor": args.actor, "learner": args.learner, "replay": args.replay, "gpu": args.gpu or ""})
 
 
 @dataclass
@@ -276,10 +279,6 @@ def main(argv: list[str] | None = None) -> dict:
                    "JSON) it carries the learner's rate to a c5 core (10-500, default: %(default)s)")
     p.add_argument("--ht-share", type=float, default=0.6, help="ASSUMED: what one vCPU gives when both "
                    "hyperthreads of its core are busy, as a fraction of the core alone (0.5-1, default: %(default)s)")
-    p.add_argument("--local-cores", type=int, default=os.cpu_count() or 2,
-                   help="cores of the machine the inputs were measured on (1-256, default: this one's, %(default)s)")
-    p.add_argument("--local-precision", default="bfloat16", choices=("bfloat16", "float32"),
-                   help="what --learner-precision auto picked on that machine (default: %(default)s)")
     p.add_argument("--learner-serial", type=float, default=None,
                    help="Amdahl's serial share of the learner's update (0-1; 0: perfect scaling over threads, 1: "
                         "none) instead of the share fitted to the 1- and 2-thread runs (default: fitted)")
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                             "ht_share", "head_vcpus",
                                                             "head_reserved", "worker_explorers", "envs")}}
     shapes = c5_shapes(args)
-    here = local_shape(inp, 1, args.envs, args.local_cores, args.local_precision)
+    here = local_shape(inp, 1, args.envs, int(inp.machine["cores"]), _precision("auto", inp.machine))
     print("\nPredictions at the shipped defaults (apex preset: ratio 8, batch 32 per 4 explorers, 512 at most); "
           "ceilings in agent steps/s; 'needed' = learner updates/s that would keep every explorer busy:")
     header(["shape", "explorers", "batch", "learner", "explorers", "replay", "agent steps/s", "updates/s",
