@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "bottleneck"])
         for v in rows:
             pr = v["predicted"]
-            print(row([v["config"], _fmt(pr["agent_steps_per_s"]), _fmt(v["measured_agent_steps_per_s"]),
+            print(row([f"{v['config']} ({Path(v['file']).stem})", _fmt(pr["agent_steps_per_s"]),
+                       _fmt(v["measured_agent_steps_per_s"]),
                        f"{v['ratio_steps']:.2f}", f"{pr['updates_per_s']:.1f}", f"{v['measured_updates_per_s']:.1f}",
                        f"{v['ratio_updates']:.2f}", pr["bottleneck"]]))
     common.write_json(args.json, result)
