@@ -291,7 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: --learner-serial must be in [0, 1]")
     if not 0 <= args.head_reserved < args.head_vcpus:
         raise SystemExit("error: --head-reserved must be at least 0 and below --head-vcpus")
-    inp = load(args)
+    try:
+        inp = load(args)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise SystemExit(f"error: an input JSON lacks what the model reads ({exc.__class__.__name__}: {exc}); "
+                         "give each flag the file its bench/ script wrote (see --help)") from None
     inp.serial = args.learner_serial
     args.matmul_speed = args.c5_matmul_gflops / inp.matmul_per_core
     got = [used for (_, _, t), (_, used) in inp.learner.items() if t == 2]

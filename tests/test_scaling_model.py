@@ -95,3 +95,11 @@ def test_the_replay_ceiling_form_gives_costs_that_reproduce_the_ceiling() -> Non
     t_insert, t_sample = scaling_model.replay_costs(data)
     assert list(t_sample) == [512] and t_sample[512] == pytest.approx(1 / 80.0)
     assert 40_000.0 * t_insert + 30.0 * t_sample[512] == pytest.approx(1.0)
+
+
+def test_an_input_of_the_wrong_kind_is_one_line(tmp_path: Path) -> None:
+    argv = write_inputs(tmp_path, u1=40.0, u2=60.0, explorer=1000.0, t_insert=20e-6, t_sample32=2e-3)
+    (tmp_path / "actor.json").write_text("{}")  # valid JSON, not what bench/actor.py writes
+    with pytest.raises(SystemExit) as exc:
+        scaling_model.main(argv)
+    assert "explorer" in str(exc.value) and "\n" not in str(exc.value)
