@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--replay", default=str(BENCH / "scaling_replay.json"),
                    help="replay cost JSON (default: %(default)s)")
     p.add_argument("--gpu", default="", help="bench/learner.py JSON measured on a GPU (default: none, not measured)")
-    p.add_argument("--validate", default=f"{BENCH / 'scaling_e2e.json'},{BENCH / 'scaling_e2e_cluster.json'}",
+    runs = ",".join(str(BENCH / f"scaling_e2e{x}.json") for x in ("", "_1x8", "_cluster"))
+    p.add_argument("--validate", default=runs,
                    help="bench/end_to_end.py JSONs, comma-separated ('' for none) (default: %(default)s)")
     p.add_argument("--envs", type=int, default=8, help="emulators per explorer on a cluster, launch.py's default "
                    "(1-256, default: %(default)s)")
