@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
@@ -111,6 +112,26 @@ def parse_config(text: str) -> tuple[str, int, int, list[str]]:
     return text.strip(), actors, envs, extra
 
 
+def start_cluster(shape: str, env: dict, ray_tmp: Path) -> Any:
+    """A ``ray.cluster_utils.Cluster`` on this machine shaped like cluster.yaml: a head of H CPUs
+    without the 'explorer' resource (driver, learner, replay) and one worker of W CPUs with W
+    'explorer' (``shape`` is ``H+W``), token auth on; its processes share the run's RAY_TMPDIR so
+    that the CPU sampler counts them. launch.py joins it with --address and --explorer-resource."""
+    import secrets
+
+    head, worker = (int(x) for x in shape.split("+"))
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    for key in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the nodes inherit these from this process
+        os.environ[key] = env[key] if key != "RAY_TMPDIR" else str(ray_tmp)
+    from ray.cluster_utils import Cluster  # after the environment: Ray reads its auth mode when imported
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head, "include_dashboard": False})
+    cluster.add_node(num_cpus=worker, resources={"explorer": worker})
+    print(f"    cluster_utils cluster at {cluster.address}: head {head} CPU(s), worker {worker} CPU(s) "
+          f"with {worker} 'explorer'", flush=True)
+    return cluster
+
+
 def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_help: str) -> dict:
     label, actors, envs, extra = parse_config(config)
     safe = re.sub(r"[^\w.=-]", "_", label)
@@ -123,10 +144,14 @@ def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_hel
     if "--checkpoint-every" in launch_help:
         argv += ["--checkpoint-every", "100000000"]
     argv += extra + args.launch_extra.split()
-    print(f"launch.py for {args.seconds:g} s: {' '.join(argv[1:])}", flush=True)
     env = common.child_env()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # Ray's sockets and logs, ours alone
     env["RAY_TMPDIR"] = str(ray_tmp)
+    cluster = start_cluster(args.cluster, env, ray_tmp) if args.cluster else None
+    if cluster:
+        argv += ["--address", cluster.address, "--explorer-resource", "explorer"]
+        label += f"@{args.cluster}"
+    print(f"launch.py for {args.seconds:g} s: {' '.join(argv[1:])}", flush=True)
     shares: dict = {}
 
     def sample_cpu() -> None:  # cores per role over the middle of the run (learning by then)
@@ -139,6 +164,8 @@ def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_hel
         lines = run_for(argv, args.seconds, env, work / f"launch-{safe}.log")
         sampler.join(timeout=5)
     finally:
+        if cluster:
+            cluster.shutdown()
         if args.keep:
             print(f"    Ray's session files (worker logs) kept in {ray_tmp}")
         else:
@@ -157,7 +184,8 @@ def measure_launch(args: argparse.Namespace, work: Path, config: str, launch_hel
     spi = (b["learner_steps"] - a["learner_steps"]) * batch / max(1, b["env_steps"] - a["env_steps"])
     # a different batch size or replay ratio is another algorithm: shown, but not judged against the target
     comparable = not {"--batch-size", "--samples-per-insert"} & set(extra + args.launch_extra.split())
-    return {"config": label, "num_actors": actors, "envs_per_actor": envs, "extra_flags": extra,
+    return {"config": label, "cluster": args.cluster or None, "num_actors": actors, "envs_per_actor": envs,
+            "extra_flags": extra,
             "batch_size": batch, "comparable": comparable,
             # what the learner alone allows at the configured replay ratio: the steady state once the
             # explorers have used up the driver's run-ahead slack
@@ -189,6 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
                         "catching up) (default: %(default)s)")
     p.add_argument("--launch-extra", default="",
                    help="extra flags for launch.py, e.g. '--updates-per-call 50' (default: none)")
+    p.add_argument("--cluster", default="", metavar="H+W",
+                   help="run launch.py against a ray.cluster_utils cluster on this machine: a head of H CPUs "
+                        "(no 'explorer' resource) and one worker of W CPUs with W 'explorer', joined with "
+                        "--address and --explorer-resource explorer, e.g. 1+1 (default: a local Ray)")
     p.add_argument("--skip-train", action="store_true",
                    help="do not run train.py (no ratio; for trying launch.py configurations only)")
     p.add_argument("--keep", action="store_true",
