@@ -279,9 +279,13 @@ class Config:
     # --- algorithm: evaluation
     eval_every: int = flag(100_000, "agent steps between evaluations of the newest network (0: off); the best "
                            "one is also written as RUN_DIR/best-policy.h5", low=0)
-    eval_episodes: int = flag(8, "games per evaluation, played at once", low=1, high=256)
-    eval_epsilon: float = flag(0.05, "epsilon during evaluation games", low=0.0, high=1.0)
-    eval_max_steps: int = flag(27_000, "agent-step cap of an evaluation game (27,000 = 108,000 frames)", low=1)
+    eval_episodes: int = flag(8, "games per evaluation, played at once under the evaluation protocol (CleanRL's "
+                              "dqn_atari evaluation, docs/learning.md): the training env, so a lost life starts a "
+                              "new frame stack and the env serves (1 no-op, FIRE); each game's raw score over all "
+                              "its lives; up to 30 no-op starts", low=1, high=256)
+    eval_epsilon: float = flag(0.05, "epsilon during evaluation games (the protocol's 0.05)", low=0.0, high=1.0)
+    eval_max_steps: int = flag(27_000, "agent-step cap of an evaluation game, over all its lives (27,000 = 108,000 "
+                               "frames)", low=1)
     # ===== DEPLOYMENT: where the run executes and where its files go =====
     # --- deployment: run folder and outputs
     run_dir: str | None = flag(None, "folder for policy.h5, logs and TensorBoard (default: runs/<game>-<time>)")

@@ -32,7 +32,8 @@ EPILOG = """run directory (--run-dir):
   metrics.jsonl    one record per progress line (the same scalars as TensorBoard)
   episodes.csv     raw score of every finished game: env_step, stream, epsilon, score, wall_seconds
                    (train.py's episodes.csv has other columns: game, env_step, game_score, wall_seconds)
-  evaluations.csv  every evaluation (--eval-every): env and learner step, mean/min/max raw score
+  evaluations.csv  every evaluation (--eval-every): env and learner step, mean/min/max raw game score under
+                   the evaluation protocol (lost life: new frame stack, the env serves; see --eval-episodes)
   best-policy.h5   the network with the best evaluation so far (keras-rl DQNAgent format)
   best-game.gif    the first game of that evaluation, captioned with its agent step and score
   games/           each evaluation's first game: step-<agent step>-score-<score>.gif

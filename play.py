@@ -1,9 +1,12 @@
 """Play an Atari game with a trained ``policy.h5`` through keras-rl's ``DQNAgent``.
 
 Loads the weights into the project's Q-network inside a keras-rl ``DQNAgent`` with
-``GreedyQPolicy`` (or ``EpsGreedyQPolicy`` with --epsilon > 0), plays whole games on the real
-emulator with raw scores, and can write the first game as an animated GIF. A dueling network
-is recognised from the file's weight shapes and gets ``enable_dueling_network=True``.
+``GreedyQPolicy`` (or ``EpsGreedyQPolicy`` with --epsilon > 0) and plays whole games on the real
+emulator under the evaluation protocol the evaluator uses (``core.atari.EVAL_PROTOCOL``): each
+life is one keras-rl test episode on the training env with raw rewards, the env serves after a
+lost life, and a game's score is its raw score over all lives. It can write the first game as an
+animated GIF. A dueling network is recognised from the file's weight shapes and gets
+``enable_dueling_network=True``.
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ class PlayConfig:
     weights: str = flag("policy.h5", "the policy.h5 to load (from train.py or launch.py)")
     game: str = flag("Breakout", "ALE game the weights were trained on (with RUN_DIR: that run's game)")
     episodes: int = flag(1, "games to play", low=1, high=10_000)
-    max_steps: int = flag(10_000, "step limit per game (a weak agent may never press FIRE)", low=1)
+    max_steps: int = flag(27_000, "agent-step cap per game, over all its lives (27,000 = 108,000 frames, the "
+                          "evaluation protocol's)", low=1)
     epsilon: float = flag(
-        0.0, "0: GreedyQPolicy; > 0: EpsGreedyQPolicy with this epsilon (0.05 is usual)", low=0.0, high=1.0
+        0.0, "0: GreedyQPolicy; > 0: EpsGreedyQPolicy with this epsilon (0.05: the evaluation protocol's)",
+        low=0.0, high=1.0
     )
     gif: str | None = flag(None, "write the first game's full-colour frames as an animated GIF here")
     gif_fps: int = flag(30, "frames per second of the GIF", low=1, high=100)
-    seed: int | None = flag(None, "random seed (no-op starts, epsilon); default: different each run", low=0)
+    seed: int | None = flag(None, "random seed (game seeds, epsilon): with SEED the games are those "
+                            "evaluate_policy_file(seed=SEED) plays; default: different each run", low=0)
 
     def validate(self) -> None:
         if self.gif is not None:
@@ -73,8 +79,46 @@ class GifRecorder:
         )
 
 
+class LifeEpisodes(kerasrl_compat.OldGymAPI):
+    """The protocol's env as keras-rl's ``test()`` sees it: one keras-rl episode per life.
+
+    keras-rl's memory window restarts after a terminal step, so each life's frame stack starts
+    from zeros as in training; between lives :meth:`next_life` lets the env serve (1 no-op, FIRE).
+    ``reset()`` hands keras-rl the observation already prepared by :meth:`new_game` or
+    :meth:`next_life`; the game's raw score is ``score`` once ``game_over``.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        self.observation: Any = None
+        self.game_over = False
+        self.score = 0.0
+
+    def new_game(self, seed: int) -> None:
+        self.observation, _ = self.env.reset(seed=seed)
+        self.game_over = False
+
+    def next_life(self) -> None:
+        """After a lost life: the env serves; a game that ended during the serve is over."""
+        self.observation, info = self.env.reset()
+        if "game_score" in info:
+            self.game_over, self.score = True, float(info["game_score"])
+
+    def reset(self) -> Any:
+        observation, self.observation = self.observation, None
+        if observation is None:
+            raise RuntimeError("keras-rl started an episode that new_game or next_life did not prepare")
+        return observation
+
+    def step(self, action: int) -> tuple[Any, float, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(int(action))
+        if "game_score" in info:  # game over, or cut at --max-steps
+            self.game_over, self.score = True, float(info["game_score"])
+        return obs, float(reward), bool(terminated or truncated), info
+
+
 def play(cfg: PlayConfig) -> list[float]:
-    """Play ``cfg.episodes`` games; return their raw scores."""
+    """Play ``cfg.episodes`` games under the evaluation protocol; return their raw scores."""
     import numpy as np
 
     kerasrl_compat.prepare_rl()  # before the first rl import: rl.callbacks needs the Keras version shim
@@ -82,13 +126,13 @@ def play(cfg: PlayConfig) -> list[float]:
     from rl.memory import SequentialMemory
     from rl.policy import EpsGreedyQPolicy, GreedyQPolicy
 
-    from core.atari import make_env
+    from core.atari import EVAL_PROTOCOL, game_seeds, make_env
     from core.policy_file import check_policy_file, is_dueling_file
     from learner.classic import make_dqn_agent
 
     if cfg.seed is not None:
-        np.random.seed(cfg.seed)
-    game_env = make_env(cfg.game, training=False, seed=cfg.seed, max_episode_steps=cfg.max_steps)
+        np.random.seed(cfg.seed)  # keras-rl's EpsGreedyQPolicy draws from np.random
+    game_env = make_env(cfg.game, training=False, max_episode_steps=cfg.max_steps)
     n_actions = int(game_env.action_space.n)
     test_policy = EpsGreedyQPolicy(cfg.epsilon) if cfg.epsilon > 0 else GreedyQPolicy()
     dueling = is_dueling_file(cfg.weights)
@@ -102,10 +146,12 @@ def play(cfg: PlayConfig) -> list[float]:
     check_policy_file(cfg.weights, agent.model)
     agent.load_weights(cfg.weights)
 
+    env = LifeEpisodes(game_env)
     recorder = GifRecorder(game_env) if cfg.gif else None
-    scores: list[float] = []
 
     class Report(Callback):
+        steps = 0  # agent steps of the game so far, over its lives
+
         def on_episode_begin(self, episode: int, logs: dict | None = None) -> None:
             if recorder:
                 recorder.capture()
@@ -115,23 +161,25 @@ def play(cfg: PlayConfig) -> list[float]:
                 recorder.capture()
 
         def on_episode_end(self, episode: int, logs: dict) -> None:
-            scores.append(float(logs["episode_reward"]))
-            if recorder:
-                recorder.recording = False
-            print(f"game {episode + 1}: score {logs['episode_reward']:.0f} in {logs['nb_steps']} steps", flush=True)
+            self.steps += int(logs["nb_steps"])
 
     policy_name = f"EpsGreedyQPolicy(eps={cfg.epsilon})" if cfg.epsilon > 0 else "GreedyQPolicy"
     how = "dueling network, DQNAgent(enable_dueling_network=True)" if dueling else "plain network"
     print(f"loaded {cfg.weights}: {how}, {n_actions} actions", flush=True)
-    print(f"playing {cfg.episodes} game(s) of {cfg.game} with {cfg.weights} ({policy_name})", flush=True)
-    agent.test(
-        kerasrl_compat.OldGymAPI(game_env),
-        nb_episodes=cfg.episodes,
-        visualize=False,
-        nb_max_episode_steps=cfg.max_steps,
-        callbacks=[Report()],
-        verbose=0,
-    )
+    print(f"playing {cfg.episodes} game(s) of {cfg.game} with {cfg.weights} ({policy_name}; {EVAL_PROTOCOL}: "
+          f"one keras-rl episode per life)", flush=True)
+    scores: list[float] = []
+    for number, seed in enumerate(game_seeds(cfg.seed, cfg.episodes), start=1):
+        env.new_game(seed)
+        report = Report()
+        while not env.game_over:  # the cap is the env's, per game: keras-rl's would count per life
+            agent.test(env, nb_episodes=1, visualize=False, callbacks=[report], verbose=0)
+            if not env.game_over:
+                env.next_life()
+        scores.append(env.score)
+        if recorder:
+            recorder.recording = False  # the GIF is the whole first game, every life
+        print(f"game {number}: score {env.score:.0f} in {report.steps} steps", flush=True)
     print(f"mean score over {len(scores)} game(s): {np.mean(scores):.2f}")
     if recorder and recorder.frames:
         recorder.save(cfg.gif, cfg.gif_fps)

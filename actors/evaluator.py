@@ -1,8 +1,10 @@
 """Evaluation: whole games with raw scores, many at once, one batched forward pass per step.
 
-Training scores are noisy (exploration, clipped rewards, episodes cut at lost lives); an
-evaluation plays complete games on ``make_env(training=False)`` envs (raw scores, up to 30
-no-op starts) with a small epsilon, the way DQN papers and keras-rl's ``DQNAgent.test`` report.
+Training scores are noisy (exploration, clipped rewards); an evaluation plays complete games
+under the project's one protocol (``core.atari.EVAL_PROTOCOL``, CleanRL's): on the env the
+explorers train on, so after a lost life the env serves (1 no-op, FIRE) and the agent's frame
+stack starts anew, exactly as in training; each game's raw score, up to 30 no-op starts, a small
+epsilon.
 :class:`Evaluator` is a plain class so ``distributed.topology`` can wrap it in ``ray.remote``;
 :func:`evaluate_policy_file` scores a saved ``policy.h5`` (learning curves from snapshots).
 """
@@ -17,16 +19,15 @@ import numpy as np
 
 import kerasrl_compat
 from actors.cpu_priority import yield_cpu
-from core.atari import AtariEnv, make_env
+from core.atari import EVAL_EPSILON, EVAL_MAX_STEPS, AtariEnv, game_seeds, make_env
 from core.frames import FRAME_SHAPE, WINDOW
-
-SEED_LIMIT = 2**31 - 1  # ALE takes its seed as a 32-bit signed int
 
 
 class Evaluator:
     """Plays evaluation games of ``game`` with weights it is handed.
 
-    Each :meth:`evaluate` call draws fresh game seeds from ``(seed, number of earlier calls)``:
+    Each :meth:`evaluate` call draws fresh game seeds from ``(seed, number of earlier calls)``
+    (``core.atari.game_seeds``, which play.py's --seed uses too):
     successive evaluations see different no-op starts, and a new Evaluator with the same seed
     replays the same sequence of evaluations exactly.
     """
@@ -36,8 +37,8 @@ class Evaluator:
         game: str,
         n_actions: int,
         dueling: bool = False,
-        epsilon: float = 0.05,
-        max_steps: int = 27_000,
+        epsilon: float = EVAL_EPSILON,
+        max_steps: int = EVAL_MAX_STEPS,
         seed: int = 0,
         priority: str = "normal",
     ) -> None:
@@ -79,10 +80,12 @@ class Evaluator:
     def evaluate(self, weights: list[np.ndarray], episodes: int, record: str | None = None) -> dict[str, Any]:
         """Play ``episodes`` whole games at once with ``weights``; report their raw scores.
 
-        A game still running after ``max_steps`` agent steps counts with its score so far;
-        ``truncated`` says how many did. With ``record`` (a caption, e.g. the agent step), the
-        first game also comes back as an animated GIF, ``gif``, captioned with it and the score:
-        encoded here, on the evaluator's idle-priority CPU time, not in the driver.
+        A lost life ends the agent's episode, not the game: the env serves (``reset()``: 1 no-op,
+        FIRE) and the game's frame stack starts again from zeros, as the explorers' does. A game
+        still running after ``max_steps`` agent steps counts with its score so far; ``truncated``
+        says how many did; ``lives_lost`` counts the serves. With ``record`` (a caption, e.g. the
+        agent step), the first game also comes back as an animated GIF, ``gif``, captioned with it
+        and the score: encoded here, on the evaluator's idle-priority CPU time, not in the driver.
         """
         from core.pictures import GameRecorder
 
@@ -90,9 +93,9 @@ class Evaluator:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         start = time.perf_counter()
         self.model.set_weights(weights)
-        rng = np.random.default_rng([self.seed, self.calls])
+        seeds = game_seeds(self.seed, episodes, self.calls)
+        rng = np.random.default_rng([self.seed, self.calls, 1])  # the epsilon draws
         self.calls += 1
-        seeds = [int(s) for s in rng.integers(0, SEED_LIMIT, size=episodes)]
         while len(self.envs) < episodes:
             self._add_env()
 
@@ -106,6 +109,7 @@ class Evaluator:
         scores = np.zeros(episodes)
         game_steps = np.zeros(episodes, np.int64)
         truncated = np.zeros(episodes, bool)
+        lives_lost = 0
         action_counts = np.zeros(self.n_actions, np.int64)
         active = np.arange(episodes)
         while active.size:
@@ -119,9 +123,20 @@ class Evaluator:
                     recorder.capture(self.envs[0].ale)
                 game_steps[i] += 1
                 scores[i] += info["raw_reward"]
-                if terminated or cut:
+                if "game_score" in info:  # game over, or cut at max_steps
                     scores[i] = info["game_score"]  # the env's own tally, the score we always report
                     truncated[i] = cut and not terminated
+                elif terminated:  # a lost life: the env serves, the agent sees a new episode
+                    lives_lost += 1
+                    frame, reset_info = self.envs[i].reset()
+                    if recorder and i == 0:
+                        recorder.capture(self.envs[0].ale)
+                    if "game_score" in reset_info:  # the game ended during the serve
+                        scores[i] = reset_info["game_score"]
+                        continue
+                    states[i] = 0
+                    states[i, -1] = frame
+                    running.append(i)
                 else:
                     states[i, :-1] = states[i, 1:].copy()
                     states[i, -1] = frame
@@ -138,6 +153,7 @@ class Evaluator:
             "steps": int(game_steps.sum()),
             "game_steps": game_steps.tolist(),
             "truncated": int(truncated.sum()),
+            "lives_lost": lives_lost,
             "actions": action_counts.tolist(),
             "seeds": seeds,
             "epsilon": self.epsilon,
@@ -164,11 +180,12 @@ def evaluate_policy_file(
     path: str | os.PathLike,
     game: str,
     episodes: int,
-    epsilon: float = 0.05,
+    epsilon: float = EVAL_EPSILON,
     seed: int = 0,
-    max_steps: int = 27_000,
+    max_steps: int = EVAL_MAX_STEPS,
 ) -> dict[str, Any]:
-    """Evaluate a saved ``policy.h5`` (plain or dueling, told by its weight shapes).
+    """Evaluate a saved ``policy.h5`` (plain or dueling, told by its weight shapes) under the
+    evaluation protocol; ``play.py --seed SEED`` plays the same games.
 
     The same ``seed`` gives every file the same game seeds, so snapshots of one run are
     compared on the same no-op starts. Raises ``PolicyFileError`` for a file that does not fit.

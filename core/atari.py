@@ -21,6 +21,19 @@ from core.frames import FRAME_SHAPE
 
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner per emulator
 
+#: ALE takes a game seed as a 32-bit signed int.
+SEED_LIMIT = 2**31 - 1
+
+#: The evaluation protocol every reported score uses (the evaluator, play.py, bench/): CleanRL's
+#: dqn_atari evaluation, on the env the explorers train on. Each lost life ends the agent's episode
+#: (its frame stack starts anew) and the env serves as it does for training (1 no-op, then FIRE);
+#: the score is the whole game's raw score, no-op and FIRE steps included; up to NOOP_MAX random
+#: no-ops start each game; epsilon EVAL_EPSILON; a game is cut after EVAL_MAX_STEPS agent steps.
+#: docs/learning.md ("Evaluation protocol") gives its sources and how it differs from others.
+EVAL_PROTOCOL = "CleanRL's dqn_atari evaluation"
+EVAL_EPSILON = 0.05
+EVAL_MAX_STEPS = 27_000  # agent steps = 108,000 frames, Dopamine's max_steps_per_episode
+NOOP_MAX = 30
 
 
 class UnknownGameError(ValueError):
@@ -56,8 +69,9 @@ class AtariEnv(gymnasium.Env):
       last two (removes Atari sprite flicker), converted to grayscale and resized to 84x84.
     - up to ``noop_max`` random no-op actions after every real reset.
     - FIRE after every reset where the game needs it to start (Breakout does).
-    - ``episodic_life`` (training only): a lost life ends the episode for the learner, the
-      emulator keeps going; ``clip_rewards`` (training only): rewards become their sign.
+    - ``episodic_life`` (training and the evaluation protocol): a lost life ends the episode, the
+      emulator keeps going, and the next ``reset()`` serves (1 no-op, then FIRE);
+      ``clip_rewards`` (training only): rewards become their sign.
     - ``info["raw_reward"]`` is the unclipped reward and, when a whole game ends,
       ``info["game_score"]`` its raw score: that is the score we report, always. The rewards of
       the no-op and FIRE steps after a lost life count too; a game that ends during them is
@@ -72,11 +86,11 @@ class AtariEnv(gymnasium.Env):
         game: str = "Breakout",
         *,
         frame_skip: int = 4,
-        noop_max: int = 30,
+        noop_max: int = NOOP_MAX,
         episodic_life: bool = False,
         clip_rewards: bool = False,
         sticky_prob: float = 0.0,
-        max_episode_steps: int = 27_000,
+        max_episode_steps: int = EVAL_MAX_STEPS,
         seed: int | None = None,
     ) -> None:
         if frame_skip < 1:
@@ -206,8 +220,22 @@ class AtariEnv(gymnasium.Env):
 
 
 def make_env(
-    game: str = "Breakout", *, training: bool, seed: int | None = None, **kwargs: Any
+    game: str = "Breakout",
+    *,
+    training: bool,
+    episodic_life: bool = True,
+    seed: int | None = None,
+    **kwargs: Any,
 ) -> AtariEnv:
-    """The env every trainer and player uses: training envs add episodic life and reward
-    clipping; evaluation envs play whole games with raw rewards."""
-    return AtariEnv(game, episodic_life=training, clip_rewards=training, seed=seed, **kwargs)
+    """The env every trainer and player uses: a lost life ends the episode in training and in the
+    evaluation protocol alike, so an agent is scored on the states it learnt from;
+    ``episodic_life=False`` plays whole games as keras-rl's ``dqn.test`` does (no serve after a lost
+    life). Rewards are clipped for training only; reported scores are always raw."""
+    return AtariEnv(game, episodic_life=episodic_life, clip_rewards=training, seed=seed, **kwargs)
+
+
+def game_seeds(seed: int | None, games: int, call: int = 0) -> list[int]:
+    """The game seeds of evaluation ``call`` with ``seed``: the evaluator's, and play.py's with
+    --seed, so both play the same games (no-op starts) of the same seed. ``None``: fresh ones."""
+    rng = np.random.default_rng(None if seed is None else [seed, call])
+    return [int(s) for s in rng.integers(0, SEED_LIMIT, size=games)]

@@ -106,8 +106,39 @@ def test_training_env_ends_episodes_at_life_loss_and_continues_the_game():
     env.close()
 
 
-def test_evaluation_env_plays_whole_games():
-    env = make_env("Breakout", training=False, seed=0)
+def test_evaluation_env_is_the_training_env_with_raw_rewards():
+    """The evaluation protocol plays the game the explorers train on: the same frames, lives,
+    episode ends at lost lives and serves (1 no-op, FIRE) on the same seed; only rewards differ."""
+    train, evaluate = make_env("Breakout", training=True, seed=0), make_env("Breakout", training=False, seed=0)
+    frame_t, info_t = train.reset()
+    frame_e, info_e = evaluate.reset()
+    assert np.array_equal(frame_t, frame_e) and info_t == info_e
+    episodes = 0
+    for action in actions(5000, seed=1):
+        frame_t, reward_t, term_t, trunc_t, info_t = train.step(action)
+        frame_e, reward_e, term_e, trunc_e, info_e = evaluate.step(action)
+        assert np.array_equal(frame_t, frame_e) and (term_t, trunc_t) == (term_e, trunc_e)
+        assert reward_e == info_e["raw_reward"] == info_t["raw_reward"] and reward_t == np.sign(reward_e)
+        if "game_score" in info_e:
+            assert info_e["game_score"] == info_t["game_score"]
+            break
+        if term_e:  # a lost life ends the episode; reset serves without starting a new game
+            episodes += 1
+            frame = evaluate.ale.getEpisodeFrameNumber()
+            frame_t, info_t = train.reset()
+            frame_e, info_e = evaluate.reset()
+            assert np.array_equal(frame_t, frame_e) and info_t == info_e
+            assert evaluate.ale.getEpisodeFrameNumber() == frame + 2 * 4  # 1 no-op and FIRE, 4 frames each
+    else:
+        pytest.fail("the game did not end in 5000 random steps")
+    assert episodes == 4 and info_e["lives"] == 0
+    train.close()
+    evaluate.close()
+
+
+def test_whole_game_env_plays_on_through_lost_lives():
+    """episodic_life=False: keras-rl's dqn.test style, one episode per game, no serve after a lost life."""
+    env = make_env("Breakout", training=False, episodic_life=False, seed=0)
     env.reset()
     lives_seen, total = set(), 0.0
     for action in actions(5000, seed=1):

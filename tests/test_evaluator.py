@@ -1,5 +1,6 @@
-"""actors.evaluator in-process (eager TensorFlow): whole games, raw scores, the step cap,
-epsilon-greedy, reproducible seeds, and saved plain and dueling policy files."""
+"""actors.evaluator in-process (eager TensorFlow): whole games under the evaluation protocol, raw
+scores, the step cap, epsilon-greedy, reproducible seeds, and saved plain and dueling policy files.
+What happens at a lost life is tested in test_protocol.py."""
 
 from __future__ import annotations
 
@@ -24,24 +25,29 @@ def always(model, action: int, dueling: bool = False) -> list[np.ndarray]:
     return weights
 
 
-def hand_play(game: str, seed: int, action: int, max_steps: int, training: bool = False) -> tuple[float, int, dict]:
-    """One game (or training episode) pressing ``action`` throughout: raw score, steps, last info."""
-    env = make_env(game, training=training, max_episode_steps=max_steps)
+def hand_play(game: str, seed: int, action: int, max_steps: int, one_life: bool = False) -> tuple[float, int, dict]:
+    """One game under the protocol (or only its first life) pressing ``action`` throughout: the
+    game's raw score, the agent's steps, the last info."""
+    env = make_env(game, training=False, max_episode_steps=max_steps)
     env.reset(seed=seed)
-    score, steps = 0.0, 0
+    steps = 0
     while True:
         _, _, terminated, truncated, info = env.step(action)
-        score += info["raw_reward"]
         steps += 1
-        if terminated or truncated:
+        if "game_score" in info or (terminated and one_life):
             env.close()
-            return score, steps, info
+            return info.get("game_score", 0.0), steps, info
+        if terminated:  # a lost life: the env serves
+            info = env.reset()[1]
+            if "game_score" in info:
+                env.close()
+                return info["game_score"], steps, info
 
 
 def test_constant_policy_and_step_cap():
     evaluator = Evaluator("Breakout", 4, epsilon=0.0, max_steps=40, seed=0)
     result = evaluator.evaluate(always(evaluator.model, LEFT), episodes=3)
-    # never pressing FIRE, Breakout never serves again: every game runs into the cap
+    # 5 lives take far longer than 40 steps: every game runs into the cap
     assert result["truncated"] == 3
     assert result["game_steps"] == [40, 40, 40] and result["steps"] == 120
     assert result["actions"] == [0, 0, 0, 120]
@@ -78,11 +84,12 @@ def test_whole_games_not_lives():
     for seed, score, steps in zip(result["seeds"], result["scores"], result["game_steps"], strict=True):
         hand_score, hand_steps, info = hand_play("Breakout", seed, FIRE, 2_000)
         assert (score, steps) == (hand_score, hand_steps) and info["lives"] == 0  # all 5 lives played
-        assert steps > 2 * hand_play("Breakout", seed, FIRE, 2_000, training=True)[1]  # one life is far shorter
+        assert steps > 2 * hand_play("Breakout", seed, FIRE, 2_000, one_life=True)[1]  # one life is far shorter
+    assert result["lives_lost"] == 8
 
 
 def test_actions_come_from_the_network_on_stacked_scaled_frames():
-    evaluator = Evaluator("Breakout", 4, epsilon=0.0, max_steps=40, seed=4)
+    evaluator = Evaluator("Breakout", 4, epsilon=0.0, max_steps=400, seed=4)
     rng = np.random.default_rng(0)
     weights = [rng.normal(0, 0.5 if w.ndim == 1 else 2 / np.sqrt(np.prod(w.shape[:-1])), w.shape).astype(np.float32)
                for w in evaluator.model.get_weights()]
@@ -90,20 +97,29 @@ def test_actions_come_from_the_network_on_stacked_scaled_frames():
     model = build_q_network(4)
     model.set_weights(weights)
     counts, scores = np.zeros(4, int), []
-    for seed in result["seeds"]:  # one game at a time, state by state, as keras-rl's test() would
-        env = make_env("Breakout", training=False, max_episode_steps=40)
-        state = np.zeros((4, 84, 84), np.uint8)
-        state[-1] = env.reset(seed=seed)[0]
+    for seed in result["seeds"]:  # one game at a time, state by state, a new stack for each life
+        env = make_env("Breakout", training=False, max_episode_steps=400)
+        frame = env.reset(seed=seed)[0]
         while True:
-            action = int(np.argmax(model(state[None].astype(np.float32) / 255.0).numpy()[0]))
-            counts[action] += 1
-            frame, _, terminated, truncated, info = env.step(action)
-            if terminated or truncated:
-                scores.append(info["game_score"])
+            state = np.zeros((4, 84, 84), np.uint8)
+            state[-1] = frame
+            while True:
+                action = int(np.argmax(model(state[None].astype(np.float32) / 255.0).numpy()[0]))
+                counts[action] += 1
+                frame, _, terminated, truncated, info = env.step(action)
+                if terminated or truncated:
+                    break
+                state = np.concatenate([state[1:], frame[None]])
+            if "game_score" in info:
                 break
-            state = np.concatenate([state[1:], frame[None]])
+            frame, info = env.reset()  # a lost life: the serve
+            if "game_score" in info:  # the game ended during it
+                break
+        env.close()
+        scores.append(info["game_score"])
     assert result["actions"] == counts.tolist() and result["scores"] == scores
     assert (counts > 0).sum() >= 2  # the greedy action depends on the state
+    assert result["lives_lost"] > 0  # and new stacks were started within games
 
 
 def test_same_seed_same_games_new_seeds_each_call():
