@@ -203,7 +203,7 @@ class Config:
         ),
         "algorithm: learning": (
             "batch_size", "learning_rate", "adam_epsilon", "gamma", "huber_delta", "grad_clip_norm", "double_dqn",
-            "dueling", "target_update", "updates_per_call", "init_weights",
+            "dueling", "target_update", "adam_reset", "updates_per_call", "init_weights",
         ),
         "algorithm: evaluation": (
             "eval_every", "eval_episodes", "eval_epsilon", "eval_max_steps",
@@ -271,6 +271,8 @@ class Config:
     target_update: int = flag(2_500, "copy the online network to the target every N learner steps (updates, "
                               "not agent steps as in train.py: 2,500 updates = DQN's 10,000 agent steps at 4 steps "
                               "per update)", low=1)
+    adam_reset: bool = flag(False, "zero Adam's moments and step count whenever the target network is synced "
+                            "(Asadi et al. 2023, 'Resetting the optimizer in deep RL'); default off: Adam runs on")
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
                                  low=1, high=10_000)
     init_weights: str | None = flag(None, "start the online and target networks from this keras-rl policy.h5 "
