@@ -162,6 +162,22 @@ def parse(
     return cfg
 
 
+def parse_minutes(text: str | None, name: str) -> tuple[float, ...]:
+    """``"5,10,20"`` -> (5.0, 10.0, 20.0): points in minutes, each > 0, strictly increasing (``None``
+    or ``""``: none). Raises ValueError with a one-line message naming ``name``."""
+    if not text or not text.strip():
+        return ()
+    try:
+        points = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        points = ()
+    if (not points or not all(math.isfinite(p) and p > 0 for p in points)
+            or any(b <= a for a, b in zip(points, points[1:], strict=False))):
+        raise ValueError(f"{name} takes minutes > 0 in increasing order, comma-separated (e.g. 5,10,20), "
+                         f"not {text!r}")
+    return points
+
+
 def hms(seconds: float) -> str:
     """``H:MM:SS`` for the progress lines of train.py and launch.py (``--:--:--`` when unknown)."""
     import math
@@ -203,13 +219,14 @@ class Config:
         ),
         "algorithm: learning": (
             "batch_size", "learning_rate", "adam_epsilon", "gamma", "huber_delta", "grad_clip_norm", "double_dqn",
-            "dueling", "target_update", "updates_per_call", "init_weights",
+            "dueling", "target_update", "adam_reset", "updates_per_call", "init_weights",
         ),
         "algorithm: evaluation": (
             "eval_every", "eval_episodes", "eval_epsilon", "eval_max_steps",
         ),
         "deployment: run folder and outputs": (
-            "run_dir", "resume", "export_every", "checkpoint_every", "save_replay", "snapshot_every", "log_every",
+            "run_dir", "resume", "export_every", "checkpoint_every", "save_replay", "snapshot_every",
+            "snapshot_minutes", "log_every",
         ),
         "deployment: cluster, placement, threads, arithmetic": (
             "address", "num_cpus", "explorer_cpus", "explorer_resource", "explorer_priority", "learner_gpus",
@@ -271,6 +288,8 @@ class Config:
     target_update: int = flag(2_500, "copy the online network to the target every N learner steps (updates, "
                               "not agent steps as in train.py: 2,500 updates = DQN's 10,000 agent steps at 4 steps "
                               "per update)", low=1)
+    adam_reset: bool = flag(False, "zero Adam's moments and step count whenever the target network is synced "
+                            "(Asadi et al. 2023, 'Resetting the optimizer in deep RL'); default off: Adam runs on")
     updates_per_call: int = flag(20, "learner updates per learner call (batches are prefetched meanwhile)",
                                  low=1, high=10_000)
     init_weights: str | None = flag(None, "start the online and target networks from this keras-rl policy.h5 "
@@ -298,6 +317,11 @@ class Config:
                              "about 7 KB per transition) so --resume continues with it instead of refilling")
     snapshot_every: int = flag(0, "keep a copy of the network every N agent steps in RUN_DIR/snapshots/ with "
                                "RUN_DIR/snapshots.csv (0: off)", low=0)
+    snapshot_minutes: str | None = flag(None, "also keep a copy of the network at these minutes of wall clock, "
+                                        "counted from the launch.py process start (a --resume counts afresh): "
+                                        "comma-separated, increasing, > 0, e.g. 5,10,20,40,60; the first moment "
+                                        "past each point, in RUN_DIR/snapshots/ with a row in RUN_DIR/snapshots.csv "
+                                        "whose point_minutes names the point (unset: off)")
     log_every: float = flag(10.0, "seconds between progress lines", low=0.1)
     # --- deployment: cluster, placement, threads, arithmetic
     address: str | None = flag(None, "Ray to use: unset = a fresh local Ray on this machine; 'auto' or "
@@ -329,6 +353,11 @@ class Config:
         return {n: getattr(self, n) for n in names}
 
     @property
+    def snapshot_points(self) -> tuple[float, ...]:
+        """--snapshot-minutes as numbers (empty when unset); raises ValueError on a malformed list."""
+        return parse_minutes(self.snapshot_minutes, "--snapshot-minutes")
+
+    @property
     def num_streams(self) -> int:
         return self.num_actors * self.envs_per_actor
 
@@ -348,6 +377,7 @@ class Config:
         run's config (``merged=True``)."""
         if self.resume and not merged:
             return
+        self.snapshot_points  # noqa: B018 (raises on a malformed list)
         if self.learning_starts > self.total_env_steps:
             raise ValueError(
                 f"--learning-starts ({self.learning_starts}) exceeds --total-env-steps ({self.total_env_steps})"

@@ -38,7 +38,7 @@ EPILOG = """run directory (--run-dir):
   best-game.gif    the first game of that evaluation, captioned with its agent step and score
   games/           each evaluation's first game: step-<agent step>-score-<score>.gif
   learning-curve.png  evaluation and training scores against agent steps and time (after every evaluation)
-  snapshots/       with --snapshot-every: policy-<agent step>.h5 copies, listed in snapshots.csv
+  snapshots/       with --snapshot-every / --snapshot-minutes: copies of the network, listed in snapshots.csv
   tb/              TensorBoard: tensorboard --logdir RUN_DIR/tb (scalars; the curve and the games as images)
 
 presets (--preset; flags given beside it win):

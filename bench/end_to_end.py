@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,23 @@ SAMPLES_PER_INSERT = BATCH / TRAIN_INTERVAL  # 8: train.py's replay ratio, given
 STEP_LINE = re.compile(r"^step\s+([\d,]+)/")
 
 
-def run_for(argv: list[str], seconds: float, env: dict, log_path: Path) -> list[tuple[float, str]]:
-    """Run ``python argv`` for ``seconds`` of wall time, then SIGTERM (then SIGKILL after 90 s);
-    return its stdout lines with their arrival times (seconds since start)."""
+def _exited(proc: subprocess.Popen, deadline: float, stop_when: Callable[[], bool] | None) -> bool:
+    """Wait until ``proc`` exits (True), or until ``deadline`` or ``stop_when()`` (False)."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            proc.wait(timeout=min(left, 1.0) if stop_when is not None else left)
+            return True
+        except subprocess.TimeoutExpired:
+            if stop_when is not None and stop_when():
+                return False
+    return proc.poll() is not None
+
+
+def run_for(argv: list[str], seconds: float, env: dict, log_path: Path,
+            stop_when: Callable[[], bool] | None = None) -> list[tuple[float, str]]:
+    """Run ``python argv`` for ``seconds`` of wall time (or, with ``stop_when``, until it returns
+    true, asked once a second), then SIGTERM (then SIGKILL after 90 s); return its stdout lines
+    with their arrival times (seconds since start)."""
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, *argv], cwd=common.ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
@@ -63,10 +78,9 @@ def run_for(argv: list[str], seconds: float, env: dict, log_path: Path) -> list[
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
-    try:
-        proc.wait(timeout=seconds)
+    if _exited(proc, t0 + seconds, stop_when):
         print(f"    exited by itself after {time.monotonic() - t0:.0f} s (exit {proc.returncode})", flush=True)
-    except subprocess.TimeoutExpired:
+    else:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=90)

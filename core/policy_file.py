@@ -103,30 +103,44 @@ def check_policy_file(path: str | os.PathLike, model: Any) -> None:
 class SnapshotWriter:
     """Numbered copies of the network for learning curves, shared by train.py and launch.py.
 
-    Each :meth:`write` saves ``RUN_DIR/snapshots/policy-<env steps, 9 digits>.h5`` atomically
-    and then appends a row to ``RUN_DIR/snapshots.csv`` (``file`` relative to RUN_DIR), so a row
-    never names a file that is not complete. An existing CSV is appended to (resumed runs).
+    Each :meth:`write` saves ``RUN_DIR/snapshots/policy-<env steps, 9 digits>.h5`` (a copy taken at
+    a wall-clock point: ``policy-<env steps>-at-<minutes>min.h5``) atomically and then appends a
+    row to ``RUN_DIR/snapshots.csv`` (``file`` relative to RUN_DIR; ``point_minutes`` is the point
+    for a timed copy, empty otherwise), so a row never names a file that is not complete. An
+    existing CSV is appended to (resumed runs), in the columns its header has.
     """
 
-    HEADER = ("file", "env_steps", "learner_steps", "wall_seconds")
+    HEADER = ("file", "env_steps", "learner_steps", "wall_seconds", "point_minutes")
 
     def __init__(self, run_dir: str | os.PathLike, start: float | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.csv_path = self.run_dir / "snapshots.csv"
         self.start = time.monotonic() if start is None else start
 
-    def write(self, model: Any, env_steps: int, learner_steps: int, wall_seconds: float | None = None) -> Path:
-        """Save ``model`` and record it; ``wall_seconds`` defaults to the time since ``start``."""
+    def write(self, model: Any, env_steps: int, learner_steps: int, wall_seconds: float | None = None,
+              point_minutes: float | None = None) -> Path:
+        """Save ``model`` and record it; ``wall_seconds`` defaults to the time since ``start``;
+        ``point_minutes``: the wall-clock point this copy was taken for (None: a step snapshot)."""
         if wall_seconds is None:
             wall_seconds = time.monotonic() - self.start
-        relative = Path("snapshots") / f"policy-{int(env_steps):09d}.h5"
+        at = "" if point_minutes is None else f"-at-{point_minutes:g}min"
+        relative = Path("snapshots") / f"policy-{int(env_steps):09d}{at}.h5"
         path = save_policy(model, self.run_dir / relative)
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        header = self._header()
+        row = {"file": relative.as_posix(), "env_steps": int(env_steps), "learner_steps": int(learner_steps),
+               "wall_seconds": round(wall_seconds, 1), "point_minutes": "" if point_minutes is None else point_minutes}
         with open(self.csv_path, "a", newline="") as f:
             writer = csv.writer(f)
-            if new:
+            if header is None:
                 writer.writerow(self.HEADER)
-            writer.writerow([relative.as_posix(), int(env_steps), int(learner_steps), round(wall_seconds, 1)])
+            writer.writerow([row.get(name, "") for name in header or self.HEADER])
             f.flush()
             os.fsync(f.fileno())
         return path
+
+    def _header(self) -> list[str] | None:
+        """The existing CSV's columns (a run from before point_minutes has four), None for a new one."""
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            return None
+        with open(self.csv_path, newline="") as f:
+            return next(csv.reader(f), None) or list(self.HEADER)

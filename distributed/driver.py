@@ -9,6 +9,7 @@ its work (explorer), refills the replay (replay), or restores the last checkpoin
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,21 @@ from distributed.disk import Saved
 from distributed.evaluation import Evaluations
 from distributed.pacer import Pacer
 from distributed.runlog import RunLog
+
+_IMPORTED = time.monotonic()
+
+
+def process_age() -> float:
+    """Seconds since this process started (interpreter, imports, Ray start-up included): the origin
+    of --snapshot-minutes. From /proc (Linux); elsewhere, since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
 
 
 class Stop(Exception):
@@ -77,7 +93,10 @@ class Driver:
         self.saved = Saved(run_dir, int(learner_state["steps"]) if learner_state else None)
         self.evaluations = Evaluations(cfg, self.evaluator, self.log, self.export_model, run_dir,
                                        next_eval=state.get("next_eval", cfg.eval_every), saved=self.saved)
-        self.snapshots = SnapshotWriter(run_dir) if cfg.snapshot_every else None
+        self.origin = self.clock_origin()
+        # --snapshot-minutes as time.monotonic() deadlines, the next first: one float compare per loop
+        self.points = [(self.origin + 60 * m, m) for m in cfg.snapshot_points]
+        self.snapshots = SnapshotWriter(run_dir, start=self.origin) if cfg.snapshot_every or self.points else None
         self.next_snapshot = state.get("next_snapshot", cfg.snapshot_every)
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
         self.explorer_failures = state.get("explorer_failures", 0)
@@ -139,6 +158,8 @@ class Driver:
                     self._explorer_done(i, ref)
             self.evaluations.poll(self.weights, self.env_steps, self.updates_done)
             now = time.monotonic()
+            if self.points and now >= self.points[0][0]:
+                self.timed_snapshots(now)
             if now - last_print >= cfg.log_every:
                 last_print = now
                 self.print_progress(self.replay_size())
@@ -189,15 +210,32 @@ class Driver:
         self.pacer.explorer_ran(result["steps"])
         self.epsilons[i] = result["epsilons"]
         self.log.games_done(self.env_steps, result["games"])
-        if self.snapshots is not None and self.env_steps >= self.next_snapshot:
-            try:
-                version, weights = ray.get(self.weights)
-            except ray.exceptions.RayActorError:
-                return  # the learner died: _learner_done restarts it; the snapshot comes next time
-            self.export_model.set_weights(weights)
-            self.saved.save_or_say(lambda: self.snapshots.write(self.export_model, self.env_steps, self.updates_done),
-                                   "snapshots/")
+        if self.cfg.snapshot_every and self.env_steps >= self.next_snapshot and self._snapshot():
             self.next_snapshot = (self.env_steps // self.cfg.snapshot_every + 1) * self.cfg.snapshot_every
+
+    def clock_origin(self) -> float:
+        """The ``time.monotonic()`` at which this process started: --snapshot-minutes count from it."""
+        return time.monotonic() - process_age()
+
+    def timed_snapshots(self, now: float) -> None:
+        """One copy of the newest network for each --snapshot-minutes point passed (several when the
+        start-up passed more than one), with the counts and wall clock of this moment."""
+        wall = now - self.origin
+        while self.points and now >= self.points[0][0]:
+            if not self._snapshot(wall, self.points[0][1]):
+                return  # the learner is restarting: the next loop tries again
+            self.points.pop(0)
+
+    def _snapshot(self, wall: float | None = None, point: float | None = None) -> bool:
+        """Write the newest weights to snapshots/ (False when the learner died: no weights to write)."""
+        try:
+            version, weights = self.ray.get(self.weights)
+        except self.ray.exceptions.RayActorError:
+            return False  # _learner_done restarts it
+        self.export_model.set_weights(weights)
+        self.saved.save_or_say(lambda: self.snapshots.write(self.export_model, self.env_steps, self.updates_done,
+                                                            wall, point), "snapshots/")
+        return True
 
     # --- failures ---------------------------------------------------------------------------
     def replay_size(self) -> int:

@@ -191,9 +191,17 @@ class Learner:
         )
         self.steps += 1
         if self.steps % self.cfg.target_update == 0:
-            self.target.set_weights(self.online.get_weights())
-            self.target_syncs += 1
+            self.sync_target()
         return float(loss), float(mean_q), td.numpy()
+
+    def sync_target(self) -> None:
+        """Copy the online network to the target; with --adam-reset also zero Adam's moments and its
+        step count (Asadi et al. 2023: moments estimated for the old target's loss mislead the new
+        one; the step count restarts Adam's bias correction, as in the paper)."""
+        self.target.set_weights(self.online.get_weights())
+        self.target_syncs += 1
+        if self.cfg.adam_reset:
+            self.optimizer.set_weights([np.zeros_like(w) for w in self.optimizer.get_weights()])
 
     def train(self, n_updates: int, replay_instance: str | None = None) -> dict:
         """Run up to ``n_updates`` updates on batches from the replay actor; return metrics.

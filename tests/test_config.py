@@ -174,3 +174,16 @@ def test_train_py_never_writes_into_a_folder_with_a_weights_checkpoint_old_or_ne
         cfg = TrainConfig(run_dir=str(run), output=str(tmp_path / "out.h5"))
         with pytest.raises(ValueError, match="already holds a run"):
             cfg.prepare()
+
+
+@pytest.mark.parametrize("text", ["5,3", "0,1", "-1", "x", "5,,10", "nan", "inf"])
+def test_snapshot_minutes_must_be_increasing_positive_minutes(text: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(Config, ["--snapshot-minutes", text], "", prog="launch.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("launch.py: error: --snapshot-minutes")
+
+
+def test_snapshot_minutes_parse_to_points() -> None:
+    assert parse(Config, ["--snapshot-minutes", "0.5, 1,20"], "").snapshot_points == (0.5, 1.0, 20.0)
+    assert Config().snapshot_points == () and parse(Config, ["--snapshot-minutes", ""], "").snapshot_points == ()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ from actors.cpu_priority import yield_cpu
 from actors.explorer import Explorer, stream_epsilon
 from config import Config
 from core.atari import make_env
+from core.network import build_q_network
+from core.policy_file import check_policy_file
+from distributed.driver import Driver
 from distributed.topology import explorer_actors
 from replay.memory import Batch
 from replay.server import ReplayServer
@@ -237,6 +242,58 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     assert all(p.stat().st_size > 6_000_000 for p in policies)
     stock_kerasrl(policies, tmp_path)
     assert ray_session.is_initialized(), "launch must leave a Ray it did not start running"
+
+
+class StartsNowDriver(Driver):
+    """launch.py's driver with --snapshot-minutes counted from its own construction (the pytest
+    process started long ago), stopping the run once the last point is taken."""
+
+    def clock_origin(self) -> float:
+        return time.monotonic()
+
+    def timed_snapshots(self, now: float) -> None:
+        super().timed_snapshots(now)
+        if not self.points:
+            self.stop.set("the last timed point")
+
+
+def test_snapshot_minutes_keep_the_network_at_each_wall_clock_point(ray_session, tmp_path: Path) -> None:
+    """--snapshot-minutes: one copy per point, at the first moment past it, with the counts of that
+    moment and the point named in snapshots.csv, beside the step snapshots of --snapshot-every."""
+    import launch
+
+    run_dir = tmp_path / "run"
+    points = (0.1, 0.2, 0.3)  # 6, 12 and 18 s
+    argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "1000000", "--learning-starts", "300",
+            "--replay-capacity", "3000", "--eval-every", "0", "--snapshot-every", "1000", "--snapshot-minutes",
+            ",".join(map(str, points)), "--run-dir", str(run_dir)]
+    assert launch.main(argv, driver_class=StartsNowDriver) == 0
+    with open(run_dir / "snapshots.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    timed = [r for r in rows if r["point_minutes"]]
+    assert [float(r["point_minutes"]) for r in timed] == list(points)
+    walls = [float(r["wall_seconds"]) for r in timed]
+    # past each point, and soon: the loop looks at least every half second (10 s allows a loaded machine)
+    assert all(60 * p <= w < 60 * p + 10 for p, w in zip(points, walls, strict=True)), walls
+    steps = [int(r["env_steps"]) for r in timed]
+    updates = [int(r["learner_steps"]) for r in timed]
+    assert steps == sorted(steps) and updates == sorted(updates) and steps[-1] > steps[0]
+    for r in timed:
+        assert r["file"] == f"snapshots/policy-{int(r['env_steps']):09d}-at-{float(r['point_minutes']):g}min.h5"
+        check_policy_file(run_dir / r["file"], build_q_network(4))
+    by_steps = [r for r in rows if not r["point_minutes"]]  # --snapshot-every still writes its own
+    assert by_steps and all(r["file"] == f"snapshots/policy-{int(r['env_steps']):09d}.h5" for r in by_steps)
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["env_steps"] >= steps[-1] and last["learner_steps"] >= updates[-1]
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    """The origin of --snapshot-minutes is the process's start, not the driver's: time spent before
+    the import counts."""
+    code = "import time; time.sleep(1.5); from distributed.driver import process_age; print(process_age())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert 1.5 <= float(out.stdout) < 60
 
 
 def _run_and_kill(run_dir: Path, argv: list[str], title: str, counter: str) -> list[int]:

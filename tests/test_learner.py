@@ -145,3 +145,36 @@ def test_bfloat16_learner_tracks_the_float32_update() -> None:
     step16 = np.concatenate([(a - w).ravel() for a, w in zip(fast.online.get_weights(), before, strict=True)])
     assert all(w.dtype == np.float32 for w in fast.online.get_weights())
     assert np.corrcoef(step32, step16)[0, 1] > 0.9
+
+
+def test_adam_reset_zeroes_the_moments_and_step_at_each_target_sync_and_off_changes_nothing() -> None:
+    """--adam-reset true: Adam's step count and moments are zero right after each sync, nonzero
+    before it. Off (the default): the sync leaves Adam alone, so the updates are those of the learner
+    without the flag, weight for weight, past several syncs."""
+    from learner.learner import Learner
+
+    rng = np.random.default_rng(4)
+    batches = [_batch(rng, 3) for _ in range(7)]
+    reset = Learner(Config(batch_size=B, target_update=3, adam_reset=True), n_actions=4)
+    start = reset.online.get_weights()  # one process initialises each network afresh: start all three alike
+    off = Learner(Config(batch_size=B, target_update=3, adam_reset=False), n_actions=4, initial_weights=start)
+    default = Learner(Config(batch_size=B, target_update=3), n_actions=4, initial_weights=start)
+    assert default.cfg.adam_reset is False
+    for step, b in enumerate(batches, 1):
+        for learner in (reset, off, default):
+            learner.update(b)
+        iterations, *moments = reset.optimizer.get_weights()
+        if step % 3 == 0:
+            assert iterations == 0 and not any(m.any() for m in moments), f"Adam not reset at sync {step}"
+        else:
+            assert iterations == step % 3 and all(m.any() for m in moments), f"Adam empty at step {step}"
+        off_iterations, *off_moments = off.optimizer.get_weights()
+        assert off_iterations == step and all(m.any() for m in off_moments)
+        same = all(np.array_equal(a, c) for a, c in zip(reset.online.get_weights(), off.online.get_weights(),
+                                                        strict=True))
+        assert same == (step <= 3), f"reset and off differ only after the first sync (step {step})"
+    assert reset.target_syncs == off.target_syncs == 2
+    for a, c in zip(off.get_state()["optimizer"] + off.online.get_weights() + off.target.get_weights(),
+                    default.get_state()["optimizer"] + default.online.get_weights() + default.target.get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, c)

@@ -137,16 +137,26 @@ def test_snapshot_writer(model, tmp_path):
     check_policy_file(first, model)
     # a resumed run appends to the same CSV, without a second header
     SnapshotWriter(tmp_path / "run").write(model, env_steps=123_456_789, learner_steps=3, wall_seconds=20.0)
+    # a copy taken at a --snapshot-minutes point says so in its name and in point_minutes
+    timed = writer.write(model, env_steps=2_000, learner_steps=250, wall_seconds=60.04, point_minutes=1.0)
+    assert timed.name == "policy-000002000-at-1min.h5"
     lines = (tmp_path / "run" / "snapshots.csv").read_text().splitlines()
     assert lines == [
-        "file,env_steps,learner_steps,wall_seconds",
-        "snapshots/policy-000001000.h5,1000,0,1.3",
-        "snapshots/policy-000002000.h5,2000,250,9.0",
-        "snapshots/policy-123456789.h5,123456789,3,20.0",
+        "file,env_steps,learner_steps,wall_seconds,point_minutes",
+        "snapshots/policy-000001000.h5,1000,0,1.3,",
+        "snapshots/policy-000002000.h5,2000,250,9.0,",
+        "snapshots/policy-123456789.h5,123456789,3,20.0,",
+        "snapshots/policy-000002000-at-1min.h5,2000,250,60.0,1.0",
     ]
     assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == [
-        "policy-000001000.h5", "policy-000002000.h5", "policy-123456789.h5",
+        "policy-000001000.h5", "policy-000002000-at-1min.h5", "policy-000002000.h5", "policy-123456789.h5",
     ]  # fmt: skip  (no temporaries left)
+    # a run resumed from before point_minutes keeps its CSV's four columns
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "snapshots.csv").write_text("file,env_steps,learner_steps,wall_seconds\nsnapshots/a.h5,1,0,0.5\n")
+    SnapshotWriter(old).write(model, env_steps=7, learner_steps=1, wall_seconds=2.0)
+    assert (old / "snapshots.csv").read_text().splitlines()[-1] == "snapshots/policy-000000007.h5,7,1,2.0"
     timed = SnapshotWriter(tmp_path / "timed")
     timed.write(model, env_steps=5, learner_steps=0)
     wall = float((tmp_path / "timed" / "snapshots.csv").read_text().splitlines()[1].split(",")[3])
