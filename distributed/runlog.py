@@ -42,12 +42,14 @@ class RunLog:
         self.episodes = csv.writer(self.episodes_file)
         if new_csv:
             self.episodes.writerow(["env_step", "stream", "epsilon", "score", "wall_seconds"])
+            self.episodes_file.flush()  # a crash before the first game must not leave the file without it
         new_eval = not (run_dir / "evaluations.csv").exists()
         self.evals_file = open(run_dir / "evaluations.csv", "a", newline="")
         self.evals = csv.writer(self.evals_file)
         if new_eval:
             self.evals.writerow(["env_step", "learner_step", "wall_seconds", "mean", "min", "max", "episodes",
                                  "truncated", "weights_version"])
+            self.evals_file.flush()
         self.last_eval: float | None = None
         self.last_eval_version: int | None = None
         self.scores: deque[float] = deque(maxlen=100)
@@ -159,7 +161,13 @@ def trim_past(run_dir: Path, env_steps: int) -> dict[str, int]:
             continue
         lines = path.read_text().splitlines(keepends=True)
         header = lines[:1] if name.endswith(".csv") else []
-        step = step_of(header[0] if header else "")
+        if header and not header[0].endswith("\n") or name.endswith(".csv") and not header:
+            path.unlink()  # no whole header, so no whole row: RunLog writes the file anew
+            continue
+        try:
+            step = step_of(header[0] if header else "")
+        except ValueError:  # not a file of ours: leave it as it is
+            continue
         kept = [line for line in lines[len(header):] if line.endswith("\n") and _at_most(step, line, env_steps)]
         if len(kept) < len(lines) - len(header):
             text = "".join(header + kept)

@@ -399,7 +399,7 @@ def _small_replay_file(path: Path, tag: dict | None = None) -> ReplayServer:
     server.add_chunks([{"stream": s, "frames": rng.integers(0, 255, (60, 84, 84), dtype=np.uint8),
                         "actions": np.zeros(60, np.uint8), "rewards": np.zeros(60, np.float32),
                         "terminals": np.zeros(60, bool), "new_segment": True} for s in range(2)])
-    server.save(str(path), tag)
+    server.save(str(path), tag) if tag is not None else server.save(str(path))
     return server
 
 
