@@ -17,11 +17,22 @@ from typing import Any
 from config import Config
 from core.policy_file import SnapshotWriter, save_policy
 from distributed import first_line, topology
-from distributed.checkpoint import CHECKPOINT, REPLAY_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from distributed.checkpoint import (
+    CHECKPOINT,
+    REPLAY_FILE,
+    REPLAY_PENDING,
+    CheckpointError,
+    commit_replay,
+    load_checkpoint,
+    replay_tag,
+    save_checkpoint,
+    saved_replay,
+)
 from distributed.disk import Saved
 from distributed.evaluation import Evaluations
 from distributed.pacer import Pacer
-from distributed.runlog import RunLog
+from distributed.runlog import RunLog, best_evaluation, trim_past
+from distributed.views import drop_games_past
 
 _IMPORTED = time.monotonic()
 
@@ -89,10 +100,13 @@ class Driver:
         self.learner_threads = self.actors.learner_threads
         self.pacer = Pacer(cfg, env_steps=state.get("env_steps", 0),
                            updates_done=int(learner_state["steps"]) if learner_state else 0)
-        self.log = RunLog(cfg, run_dir, games=state.get("games", 0))
+        best = best_evaluation(run_dir)  # best-policy.h5's score, even from an evaluation past the checkpoint
+        if resume:
+            self.trim_past_checkpoint(state["env_steps"])
+        self.log = RunLog(cfg, run_dir, games=state.get("games", 0), resumed_at=state["env_steps"] if resume else None)
         self.saved = Saved(run_dir, int(learner_state["steps"]) if learner_state else None)
         self.evaluations = Evaluations(cfg, self.evaluator, self.log, self.export_model, run_dir,
-                                       next_eval=state.get("next_eval", cfg.eval_every), saved=self.saved)
+                                       next_eval=state.get("next_eval", cfg.eval_every), saved=self.saved, best=best)
         self.origin = self.clock_origin()
         # --snapshot-minutes as time.monotonic() deadlines, the next first: one float compare per loop
         self.points = [(self.origin + 60 * m, m) for m in cfg.snapshot_points]
@@ -111,7 +125,7 @@ class Driver:
         self.learner_asked = 0  # updates asked of the learner call in flight
         if learner_state is not None:
             self.restore_learner(learner_state)
-            self.restore_replay()
+            self.restore_replay(state)
         self.learner_instance = self.ray.get(self.learner.__ray_call__.remote(lambda learner: learner.instance))
         self.weights = self.learner.get_weights.remote()
 
@@ -300,14 +314,36 @@ class Driver:
             print("the checkpoint's Adam state is from an older version of this program: the networks and "
                   "counters are restored, Adam's moments start afresh", flush=True)
 
-    def restore_replay(self) -> None:
-        """On resume: reload the saved replay if there is one, else refill before learning."""
-        saved = self.run_dir / REPLAY_FILE
-        if self.cfg.save_replay and saved.exists():
-            size = self.ray.get(self.replay.load.remote(str(saved)))
-            print(f"replay memory restored: {size:,} transitions", flush=True)
-        else:
+    def trim_past_checkpoint(self, env_steps: int) -> None:
+        """On resume: the crashed run's rows and files past the checkpoint's agent step go (this run
+        plays that stretch again, so the curves would show it twice); TensorBoard's go in RunLog."""
+        dropped = trim_past(self.run_dir, env_steps)
+        if games := drop_games_past(self.run_dir, env_steps):
+            dropped["games/"] = games
+        if dropped:
+            print(f"dropped what was written past the checkpoint's agent step {env_steps:,}: "
+                  + ", ".join(f"{name} {n:,}" for name, n in dropped.items()), flush=True)
+
+    def restore_replay(self, state: dict) -> None:
+        """On resume: reload the replay saved with this checkpoint, and the replay ratio's baseline
+        with it; else (none, another checkpoint's, unreadable) refill before learning."""
+        if not self.cfg.save_replay:
             self.pacer.refill()
+            return
+        path, why = saved_replay(self.run_dir, state.get("replay_tag"))
+        if path is not None:
+            try:
+                size = self.ray.get(self.replay.load.remote(str(path)))
+            except self.ray.exceptions.RayTaskError as exc:
+                path, why = None, f"{REPLAY_FILE} could not be loaded ({first_line(exc.cause or exc)})"
+        if path is None:
+            self.pacer.refill()
+            print(f"{why}: the replay refills; learning resumes after {self.cfg.learning_starts:,} new transitions",
+                  flush=True)
+            return
+        self.pacer.replay_restored(state.get("refill_from", (0, 0)))
+        print(f"replay memory restored: {size:,} transitions, saved with the checkpoint of learner step "
+              f"{state['replay_tag']['learner_step']:,}", flush=True)
 
     def driver_state(self) -> dict:
         return {
@@ -322,18 +358,25 @@ class Driver:
             "next_snapshot": self.next_snapshot,
             "n_actions": self.n_actions,
             "game": self.cfg.game,
+            "refill_from": list(self.pacer.refill_from),
         }
 
     def checkpoint(self) -> Path:
-        """Write RUN_DIR/checkpoint.npz (and with --save-replay RUN_DIR/replay.npz), atomically."""
+        """Write RUN_DIR/checkpoint.npz (and with --save-replay RUN_DIR/replay.npz), atomically: the
+        replay first under a pending name, tagged with this checkpoint, renamed once the checkpoint
+        is written, so that a crash between the writes never pairs a checkpoint with another's replay."""
         self.last_checkpoint_step = self.updates_done  # also when it fails: the next try is a period away
         learner_state = self.ray.get(self.learner.get_state.remote())
+        steps = learner_state["steps"]
+        driver_state = dict(self.driver_state(), updates_done=steps)  # a call may be in flight
         if self.cfg.save_replay:
-            self.ray.get(self.replay.save.remote(str(self.run_dir / REPLAY_FILE)))
-            self.saved.wrote(REPLAY_FILE, f"learner step {learner_state['steps']:,}")
-        driver_state = dict(self.driver_state(), updates_done=learner_state["steps"])  # a call may be in flight
+            driver_state["replay_tag"] = replay_tag(steps, self.env_steps)
+            self.ray.get(self.replay.save.remote(str(self.run_dir / REPLAY_PENDING), driver_state["replay_tag"]))
         path = save_checkpoint(self.run_dir, learner_state, driver_state)
-        self.saved.wrote(CHECKPOINT, f"learner step {learner_state['steps']:,}")
+        self.saved.wrote(CHECKPOINT, f"learner step {steps:,}")
+        if self.cfg.save_replay:
+            commit_replay(self.run_dir)
+            self.saved.wrote(REPLAY_FILE, f"learner step {steps:,}")
         return path
 
     def _load(self, path: str) -> list:

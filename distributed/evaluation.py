@@ -24,12 +24,13 @@ class Evaluations:
     """Schedules the evaluator's games and records their results."""
 
     def __init__(self, cfg: Config, evaluator: Any, log: RunLog, export_model: Any, run_dir: Path,
-                 next_eval: int, saved: Saved | None = None) -> None:
+                 next_eval: int, saved: Saved | None = None, best: float | None = None) -> None:
         self.cfg, self.evaluator, self.log = cfg, evaluator, log
         self.export_model, self.run_dir = export_model, run_dir
         self.next_eval = next_eval
         self.saved = saved if saved is not None else Saved(run_dir)  # a failed write is said, not raised
-        self.best = best_evaluation(run_dir)  # best-policy.h5's score, even if newer than the checkpoint
+        # best-policy.h5's score, even if newer than the checkpoint (the caller reads it before a resume's trim)
+        self.best = best_evaluation(run_dir) if best is None else best
         self.future: Any = None  # (future, weights version, weights, env steps, learner steps)
         self.views = (RunViews(run_dir, evaluator, log, f"{cfg.game}, {run_dir.name}", self.saved) if evaluator
                       else None)

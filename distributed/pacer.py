@@ -17,7 +17,10 @@ class Pacer:
 
     ``refill_from`` is ``(env steps, learner steps)`` when the replay last started empty (a fresh
     run, a resume without a saved replay, a restarted replay actor): learning pauses until
-    --learning-starts new transitions are in, then goes on at --samples-per-insert.
+    --learning-starts new transitions are in, then goes on at --samples-per-insert. Refills and
+    learner restarts move it, so it is part of the checkpoint: a resume with the saved replay
+    passes it back, else the allowed updates would be counted from zero and the learner would
+    work through the difference in one burst on a replay that is not changing.
     """
 
     def __init__(self, cfg: Config, env_steps: int = 0, updates_done: int = 0) -> None:
@@ -75,6 +78,11 @@ class Pacer:
         """A learner call asked for ``asked`` updates did ``updates`` (fewer when the replay was lost)."""
         self.updates_issued -= asked - updates
         self.updates_done += updates
+
+    def replay_restored(self, refill_from: tuple[int, int]) -> None:
+        """A resume loaded the replay saved with the checkpoint: go on from the checkpoint's
+        baseline (``refill_from`` as it was saved), as if the run had never stopped."""
+        self.refill_from = (int(refill_from[0]), int(refill_from[1]))
 
     def refill(self) -> None:
         """The replay starts empty now: learn again after --learning-starts new transitions."""

@@ -18,6 +18,19 @@ from core.pictures import BEST_GAME_FILE, CURVE_FILE, GAMES_FOLDER, image_summar
 from distributed import first_line
 
 
+def drop_games_past(run_dir: Path, env_steps: int) -> int:
+    """On resume from the checkpoint at agent step ``env_steps``: remove the games/ GIFs of
+    evaluations past it (the resumed run evaluates that stretch again); return how many.
+    best-game.gif stays, beside the best-policy.h5 it shows."""
+    gone = 0
+    for path in sorted((run_dir / GAMES_FOLDER).glob("step-*-score-*.gif")):
+        step = path.name.split("-")[1]
+        if step.isdigit() and int(step) > env_steps:
+            path.unlink()
+            gone += 1
+    return gone
+
+
 class RunViews:
     """Writes the evaluator's pictures into the run directory and TensorBoard."""
 

@@ -8,6 +8,7 @@ without pickling their contents. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -16,7 +17,7 @@ import ray
 
 from core.atomic import write_atomically
 from replay.memory import Batch, PackedBatch, ReplayMemory, tune_malloc
-from replay.npz_io import load_npz
+from replay.npz_io import TAG_KEY, load_npz
 
 
 class ReplayServer:
@@ -34,11 +35,13 @@ class ReplayServer:
         """``(instance id, size)``: a new id tells the driver the replay restarted empty."""
         return self.instance, len(self.memory)
 
-    def save(self, path: str) -> int:
-        """Write the whole memory to ``path`` (atomically); return the transitions saved."""
+    def save(self, path: str, tag: dict | None = None) -> int:
+        """Write the whole memory to ``path`` (atomically); return the transitions saved. ``tag``
+        (JSON) names the checkpoint the save belongs to: a resume uses the save only with it."""
         def write(tmp: str) -> None:
+            extra = {TAG_KEY: np.frombuffer(json.dumps(tag).encode(), np.uint8)} if tag is not None else {}
             with open(tmp, "wb") as f:
-                np.savez(f, **self.memory.state_dict())
+                np.savez(f, **self.memory.state_dict(), **extra)
 
         write_atomically(path, write)
         return len(self.memory)

@@ -393,26 +393,137 @@ def test_a_saved_replay_loads_into_the_memory_it_fills_not_beside_it(tmp_path: P
     assert loaded["grew"] < 1.15 * loaded["frames"], f"loading took {loaded['grew'] / loaded['frames']:.2f}x the frames"
 
 
-def test_a_saved_replay_of_another_shape_or_truncated_changes_nothing(tmp_path: Path) -> None:
+def _small_replay_file(path: Path, tag: dict | None = None) -> ReplayServer:
     rng = np.random.default_rng(3)
     server = ReplayServer(200, 2, seed=0)
     server.add_chunks([{"stream": s, "frames": rng.integers(0, 255, (60, 84, 84), dtype=np.uint8),
                         "actions": np.zeros(60, np.uint8), "rewards": np.zeros(60, np.float32),
                         "terminals": np.zeros(60, bool), "new_segment": True} for s in range(2)])
+    server.save(str(path), tag) if tag is not None else server.save(str(path))
+    return server
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _untouched(server: ReplayServer) -> bool:
+    return server.size() == 0 and not server.memory._frames.any()
+
+
+def test_a_saved_replay_of_another_shape_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "replay.npz"
-    server.save(str(path))
+    server = _small_replay_file(path)
+    on_disk = _files(tmp_path)
     other = ReplayServer(400, 2, seed=0)
     with pytest.raises(ValueError, match="saved replay has shape"):
         other.load(str(path))
-    assert other.size() == 0 and not other.memory._frames.any()
-    data = path.read_bytes()
-    cut = tmp_path / "cut.npz"
-    cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(Exception):  # noqa: B017 - zipfile or numpy says it, in its own words
-        ReplayServer(200, 2, seed=0).load(str(cut))
+    assert _untouched(other) and _files(tmp_path) == on_disk
     again = ReplayServer(200, 2, seed=0)
     assert again.load(str(path)) == 120
     assert np.array_equal(again.memory._frames, server.memory._frames)
+
+
+def test_a_saved_replay_cut_short_changes_nothing(tmp_path: Path) -> None:
+    """Two ways a replay.npz is short: the file cut (its zip directory, at the end, is gone: the zip
+    reader refuses it before anything is read), and a whole zip whose frames member ends early
+    (the frames are read in place into the memory: the reader notices the end and the memory's
+    frames are zeroed again). Neither leaves anything in the memory or changes a file."""
+    import zipfile
+
+    path = tmp_path / "replay.npz"
+    _small_replay_file(path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    short = tmp_path / "short.npz"
+    with zipfile.ZipFile(path) as whole, zipfile.ZipFile(short, "w") as out:
+        for name in whole.namelist():
+            member = whole.read(name)
+            out.writestr(name, member[: len(member) // 2] if name == "frames.npy" else member)
+    on_disk = _files(tmp_path)
+    server = ReplayServer(200, 2, seed=0)
+    with pytest.raises(zipfile.BadZipFile):
+        server.load(str(cut))
+    assert _untouched(server)
+    whole = f"{server.memory._frames.nbytes:,}"
+    with pytest.raises(ValueError, match=rf"saved frames end after [\d,]+ of {whole} bytes: the file is truncated"):
+        server.load(str(short))
+    assert _untouched(server) and _files(tmp_path) == on_disk
+
+
+# --- replay.npz and checkpoint.npz: one pair, whatever the crash (issue 20) -------------------------
+def test_a_resume_uses_only_the_saved_replay_of_its_own_checkpoint(tmp_path: Path) -> None:
+    """Real saves, laid out as each crash leaves them: after the checkpoint but before the rename
+    (the rename is finished), and a replay of another checkpoint or of none (one line; refill)."""
+    from distributed.checkpoint import REPLAY_FILE, REPLAY_PENDING, replay_tag, saved_replay
+    from replay.npz_io import read_tag
+
+    old, new = replay_tag(16, 500), replay_tag(32, 700)
+    _small_replay_file(tmp_path / REPLAY_FILE, old)
+    _small_replay_file(tmp_path / REPLAY_PENDING, new)
+    on_disk = _files(tmp_path)
+    assert saved_replay(tmp_path, old) == (tmp_path / REPLAY_FILE, "")  # the crash came before the checkpoint
+    assert _files(tmp_path) == on_disk
+    path, why = saved_replay(tmp_path, new)  # after it: the rename is finished
+    assert path == tmp_path / REPLAY_FILE and why == "" and read_tag(str(path)) == new
+    assert not (tmp_path / REPLAY_PENDING).exists()
+    on_disk = _files(tmp_path)
+    assert saved_replay(tmp_path, old) == (None, "replay.npz belongs to the checkpoint of learner step 32, agent step "
+                                                 "700, not to checkpoint.npz (learner step 16, agent step 500)")
+    _small_replay_file(tmp_path / REPLAY_FILE)  # a save from before tags
+    assert saved_replay(tmp_path, new) == (None, "replay.npz belongs to no checkpoint (it carries no tag), not to "
+                                                 "checkpoint.npz (learner step 32, agent step 700)")
+    (tmp_path / REPLAY_FILE).write_bytes(on_disk[REPLAY_FILE][:1000])
+    path, why = saved_replay(tmp_path, new)
+    assert path is None and why.startswith("replay.npz is unreadable (BadZipFile")
+
+
+CRASH_SCRIPT = """
+import os, signal, sys
+import distributed.driver as driver
+import launch
+
+real, calls = driver.save_checkpoint, []
+
+def save_checkpoint(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the second checkpoint: its replay has been written, the checkpoint not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+driver.save_checkpoint = save_checkpoint
+sys.exit(launch.main(sys.argv[1:]))
+"""
+
+
+def test_a_crash_between_the_replay_and_the_checkpoint_resumes_with_the_checkpoints_own_replay(
+        ray_address: str, tmp_path: Path) -> None:
+    """launch.py is SIGKILLed after it saved the second checkpoint's replay and before it wrote that
+    checkpoint: the resume loads the first checkpoint's replay (it used to load the newer one, and
+    the learner then sampled transitions its checkpoint had never seen)."""
+    import kerasrl_compat
+    from distributed.checkpoint import load_checkpoint
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="token", **kerasrl_compat.PROCESS_ENV)
+    script, run = tmp_path / "crash.py", tmp_path / "run"
+    script.write_text(CRASH_SCRIPT)
+    argv = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "300", "--replay-capacity", "3000",
+            "--samples-per-insert", "2", "--checkpoint-every", "16", "--export-every", "1000", "--log-every", "1",
+            "--total-env-steps", "1500", "--save-replay", "--eval-every", "0", "--address", ray_address]
+    crashed = subprocess.run([sys.executable, str(script), *argv, "--run-dir", str(run)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-2000:] + crashed.stderr[-3000:]
+    learner_state, _ = load_checkpoint(run)
+    resumed = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--resume", str(run), "--address", ray_address],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert (f"saved with the checkpoint of learner step {learner_state['steps']:,}\n" in resumed.stdout), \
+        resumed.stdout[-3000:]
+    from replay.npz_io import read_tag
+
+    assert read_tag(str(run / "replay.npz")) == load_checkpoint(run)[1]["replay_tag"]
+    assert not (run / "replay-pending.npz").exists()
 
 
 # --- a learner killed mid-run (item 8) and a full disk (item 1) ----------------------------------

@@ -82,3 +82,25 @@ def test_a_restarted_learner_does_not_redo_its_lost_updates_back_to_back() -> No
     assert (pacer.updates_done, pacer.updates_issued, pacer.updates_allowed()) == (160, 160, 200)
     pacer.explorer_ran(40)
     assert pacer.updates_allowed() == 210
+
+
+def test_a_resume_with_the_saved_replay_goes_on_from_the_checkpoints_baseline() -> None:
+    """A refill and a learner restart moved the baseline before the checkpoint; a pacer restored at
+    the checkpoint's counters with that baseline (the saved replay came back) allows what the
+    first would have, and holds the explorers as it would (from zero it allowed 755 more updates
+    at once: the refill's skipped ones and the restart's lost ones)."""
+    cfg = _cfg(total_env_steps=100_000)
+    first = Pacer(cfg)
+    first.explorer_ran(3_000)
+    first.learner_called(asked=first.issue_learner_call(), updates=10)
+    first.refill()
+    first.explorer_ran(1_000 + 200)
+    first.learner_called(asked=first.issue_learner_call(), updates=10)
+    first.learner_restarted(5)
+    resumed = Pacer(cfg, env_steps=first.env_steps, updates_done=first.updates_done)
+    assert resumed.updates_allowed() - first.updates_allowed() == 755
+    resumed.replay_restored(first.refill_from)
+    assert resumed.updates_allowed() == first.updates_allowed() == 45
+    assert resumed.actor_may_run() == first.actor_may_run()
+    resumed.explorer_ran(80)
+    assert resumed.updates_allowed() == 65

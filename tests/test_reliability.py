@@ -245,3 +245,129 @@ def test_a_learner_gpu_the_cluster_lacks_is_refused(ray_session, capsys: pytest.
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"the cluster has {gpus:g} GPU(s)" in err[0], err
     assert not run.exists(), "nothing may be written for bad input"
+
+
+# --- a crash and a resume with --save-replay (issue 20) --------------------------------------------
+RESUME_RUN = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "600", "--replay-capacity", "6000",
+              "--samples-per-insert", "4", "--updates-per-call", "4", "--weight-sync-every", "50",
+              "--checkpoint-every", "200", "--export-every", "1000", "--log-every", "0.3", "--save-replay",
+              "--eval-every", "1000", "--eval-episodes", "1", "--eval-max-steps", "300", "--snapshot-every", "500",
+              "--total-env-steps", "5000"]
+SPI, BATCH, STARTS, PER_CALL, SYNC, TOTAL = 4, 32, 600, 4, 50, 5000
+
+
+def _rows(path: Path) -> list[dict]:
+    """The whole rows of a CSV or JSONL file being written (a row cut short is left out)."""
+    import csv
+
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in lines]
+    return list(csv.DictReader(lines))
+
+
+def _env_steps(path: Path) -> list[int]:
+    key = "env_steps" if path.name in ("metrics.jsonl", "snapshots.csv") else "env_step"
+    return [int(float(row[key])) for row in _rows(path)]
+
+
+@pytest.fixture(scope="module")
+def crashed_and_resumed(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run with --save-replay whose replay actor is killed once learning has begun (the refill
+    moves the replay ratio's baseline), then, after a checkpoint made since and some more rows,
+    launch.py itself is SIGKILLed; then ``--resume`` runs it to the end."""
+    from procs import session_actor_pids
+
+    from distributed.checkpoint import CheckpointError, load_checkpoint
+
+    run = tmp_path_factory.mktemp("crash") / "run"
+    log = run.parent / "first.log"
+
+    def checkpoint() -> dict:
+        try:
+            return load_checkpoint(run)[1]
+        except CheckpointError:
+            return {}
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *RESUME_RUN, "--address", ray_address,
+                                 "--run-dir", str(run)], env=JOIN_ENV, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: any(r["learner_steps"] >= 8 for r in _rows(run / "metrics.jsonl")) or proc.poll() is not None,
+                  300, "learning to start")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        replay = session_actor_pids("ray::ReplayServer")
+        assert len(replay) == 1
+        os.kill(replay[0], signal.SIGKILL)
+        _wait_for(lambda: checkpoint().get("replay_failures") == 1 or proc.poll() is not None, 300,
+                  "a checkpoint after the refill")
+        at = checkpoint()["env_steps"]
+        _wait_for(lambda: max(_env_steps(run / "metrics.jsonl")) > at + 400 or proc.poll() is not None, 300,
+                  "rows past the checkpoint")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    learner_state, driver_state = load_checkpoint(run)
+    names = ("episodes.csv", "evaluations.csv", "snapshots.csv", "metrics.jsonl")
+    before = {name: _env_steps(run / name) for name in names}
+    resumed = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--resume", str(run), "--address", ray_address],
+                             env=JOIN_ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return {"run": run, "out": resumed.stdout, "learner_steps": int(learner_state["steps"]),
+            "env_steps": driver_state["env_steps"], "before": before}
+
+
+def test_a_resume_with_the_saved_replay_goes_on_at_the_replay_ratio_without_a_burst(crashed_and_resumed) -> None:
+    """The refill before the checkpoint lowered the ratio's baseline. The resume restored it with
+    the replay: the updates after the resume follow the agent steps inserted since (it used to
+    count from zero: the learner did the refill's skipped updates back to back on the loaded replay
+    while the explorers waited, and the run ended with them made up)."""
+    run, out = crashed_and_resumed["run"], crashed_and_resumed["out"]
+    env0, learner0 = crashed_and_resumed["env_steps"], crashed_and_resumed["learner_steps"]
+    assert "replay memory restored" in out, out[-3000:]
+    records = _rows(run / "metrics.jsonl")
+    resumed = records[sum(1 for step in crashed_and_resumed["before"]["metrics.jsonl"] if step <= env0):]
+    assert len(resumed) >= 3 and resumed[-1]["env_steps"] == TOTAL and resumed[-1]["replay_restarts"] == 1
+    # the most the ratio lets the learner lag (explorers' slack and one run past it) when the checkpoint is taken
+    backlog = (3 * SYNC) * SPI / BATCH + 2 * PER_CALL
+    for r in resumed:
+        allowed = (r["env_steps"] - env0) * SPI / BATCH + backlog + PER_CALL
+        assert r["learner_steps"] - learner0 <= allowed, (r, learner0, env0)
+    # the refill cost --learning-starts transitions of learning; the resumed run does not make them up
+    assert resumed[-1]["learner_steps"] <= (TOTAL - 2 * STARTS) * SPI / BATCH
+
+
+def test_a_resume_drops_what_the_crashed_run_wrote_past_its_checkpoint(crashed_and_resumed) -> None:
+    """No file of the run shows the stretch between the checkpoint and the crash twice: the rows,
+    snapshots and GIFs written there are gone, and TensorBoard's reader purges its events."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import TENSORS, EventAccumulator
+
+    run, env0 = crashed_and_resumed["run"], crashed_and_resumed["env_steps"]
+    before = crashed_and_resumed["before"]
+    assert max(before["metrics.jsonl"]) > env0 and max(before["episodes.csv"]) > env0, "nothing was past it"
+    assert "dropped what was written past the checkpoint's agent step" in crashed_and_resumed["out"]
+    for name in ("episodes.csv", "metrics.jsonl"):
+        steps = _env_steps(run / name)
+        assert steps == sorted(steps), f"{name} goes back in agent steps"
+    for name in ("evaluations.csv", "snapshots.csv"):
+        steps = _env_steps(run / name)
+        assert steps == sorted(set(steps)) and len(steps) >= 2, f"{name}: {steps}"
+    games = _rows(run / "metrics.jsonl")[-1]["games"]
+    assert len(_rows(run / "episodes.csv")) == games, "one row per game counted"
+    listed = {row["file"] for row in _rows(run / "snapshots.csv")}
+    assert {f"snapshots/{p.name}" for p in (run / "snapshots").iterdir()} == listed
+    gifs = [int(p.name.split("-")[1]) for p in (run / "games").iterdir()]
+    assert len(gifs) == len(set(gifs)) and set(gifs) <= set(_env_steps(run / "evaluations.csv"))
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={TENSORS: 0}).Reload()
+    tags = events.Tags()["tensors"]
+    assert {"episodic_return", "env_steps_per_s", "eval/mean_score"} <= set(tags)
+    for tag in tags:
+        steps = [e.step for e in events.Tensors(tag)]
+        assert steps == sorted(steps), f"TensorBoard's {tag} goes back in agent steps"
+    assert len(events.Tensors("episodic_return")) == games
