@@ -133,15 +133,15 @@ def node_of(actor: Any) -> str:
 
 
 def unplaced(cfg: Config, pending: int, explorer_cpus: float, free: dict, total: dict) -> int:
-    """How many of the ``pending`` explorers (not running yet) have no node: with --explorer-resource,
-    those beyond the units held now by explorers still starting (every unit held is one of this
-    run's explorers: the resource is theirs); without it, all of them while the free CPUs cannot hold
-    one more (an explorer that got its CPUs is starting)."""
-    if cfg.explorer_resource:
-        held = total.get(cfg.explorer_resource, 0.0) - free.get(cfg.explorer_resource, 0.0)
-        starting = max(0, round(held) - (cfg.num_actors - pending))
-        return max(0, pending - starting)
-    return pending if free.get("CPU", 0.0) < explorer_cpus else 0
+    """How many of the ``pending`` explorers (not running yet) have no node: those beyond the ones
+    that hold their resources already and are still starting. Held units of --explorer-resource are
+    all this run's explorers'; without the flag, the CPUs held beside the learner's 1 are counted as
+    explorers' (other work on the cluster can only make this say fewer)."""
+    key, beside = (cfg.explorer_resource, 0.0) if cfg.explorer_resource else ("CPU", 1.0)
+    per = 1.0 if cfg.explorer_resource else explorer_cpus
+    holding = int((total.get(key, 0.0) - free.get(key, 0.0) - beside) / per + 1e-9)
+    starting = max(0, holding - (cfg.num_actors - pending))
+    return max(0, pending - starting)
 
 
 class ExplorerWatch:
@@ -182,8 +182,8 @@ class ExplorerWatch:
         import ray
 
         now = self.clock()
-        if not self.pending or now - self.last_poll < 1.0:
-            return
+        if self.cfg.address is None or not self.pending or now - self.last_poll < 1.0:
+            return  # on one machine every explorer fits: Ray gets a CPU share for each
         self.last_poll = now
         ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
         for ref in ready:

@@ -112,6 +112,7 @@ def test_explorers_without_a_node_are_told_from_those_still_starting() -> None:
     assert placement.unplaced(cfg, 2, 1.0, free, total) == 1
     assert placement.unplaced(cfg, 2, 1.0, free, {**total, "explorer": 3.0}) == 0  # room for all: starting
     assert placement.unplaced(cfg, 3, 1.0, {"CPU": 16.0}, {"CPU": 16.0}) == 3  # no node with the resource
+    # without --explorer-resource: CPUs held beside the learner's 1 belong to explorers at 0.5 each
     plain = Config(num_actors=3)
-    assert placement.unplaced(plain, 2, 0.5, {"CPU": 0.25}, {"CPU": 2.0}) == 2
-    assert placement.unplaced(plain, 2, 0.5, {"CPU": 1.0}, {"CPU": 2.0}) == 0
+    assert placement.unplaced(plain, 2, 0.5, {"CPU": 0.5}, {"CPU": 2.0}) == 2  # 0.5 held: the running one
+    assert placement.unplaced(plain, 2, 0.5, {"CPU": 0.0}, {"CPU": 2.0}) == 1  # one more holds its share
