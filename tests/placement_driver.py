@@ -7,7 +7,8 @@ The cluster (``ray.cluster_utils.Cluster``, fake resources): a 16-CPU head witho
 and with 3 GB of Ray memory declared, and a worker of 16 CPUs and 2 ``explorer`` units that joins
 before the driver starts. First a run whose replay cannot fit the head's memory is refused. Then
 a run of 3 explorers: two fit the first worker, the third waits, and the driver says so; once it
-has, a second worker (16 CPUs, 16 ``explorer``) joins and the third explorer plays there.
+has, a second worker (16 CPUs, 16 ``explorer``) joins with ``ray start --address`` and the third
+explorer plays there.
 
     python tests/placement_driver.py RUN_DIR
 """
@@ -18,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -68,22 +70,34 @@ class RecordingDriver(Driver):
                                     "after_second_worker": self.second_worker_at is not None})
 
 
-def _second_worker_joins(cluster: Cluster, report: dict) -> None:
-    """Once the driver has said that an explorer waits for a node, a worker with room joins."""
+def _second_worker_joins(cluster: Cluster, report: dict, started: list) -> None:
+    """Once the driver has said that an explorer waits for a node, a worker with room joins, the way
+    a cluster.yaml worker does: ``ray start --address`` (cluster_utils cannot add a node from a thread
+    other than the main one, which launch.py holds)."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         driver = DRIVERS[0] if DRIVERS else None
         if driver is not None and driver.placement.lines:
             report["env_steps_when_second_worker_joins"] = driver.env_steps
-            report["second_worker"] = cluster.add_node(num_cpus=16, resources={"explorer": 16}).node_id
-            driver.second_worker_at = time.monotonic()
-            return
+            known = {n["NodeID"] for n in ray.nodes()}
+            started.append(subprocess.Popen(
+                [str(Path(sys.executable).parent / "ray"), "start", "--address", cluster.address, "--num-cpus", "16",
+                 "--resources", json.dumps({"explorer": 16}), "--block", "--disable-usage-stats"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            while time.monotonic() < deadline:
+                new = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] not in known]
+                if new:
+                    report["second_worker"] = new[0]
+                    driver.second_worker_at = time.monotonic()
+                    return
+                time.sleep(0.2)
         time.sleep(0.2)
 
 
 def main() -> int:
     run_dir = Path(sys.argv[1])
     report: dict[str, Any] = {}
+    started: list[subprocess.Popen] = []
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 16, "memory": HEAD_MEMORY, "include_dashboard": False})
     try:
@@ -97,7 +111,7 @@ def main() -> int:
         report["refused_stderr"] = err.getvalue()
         report["refused_dir_exists"] = (run_dir / "too-big").exists()
 
-        joiner = threading.Thread(target=_second_worker_joins, args=(cluster, report), daemon=True)
+        joiner = threading.Thread(target=_second_worker_joins, args=(cluster, report, started), daemon=True)
         joiner.start()
         report["rc"] = launch.main([
             *common, "--envs-per-actor", "1", "--weight-sync-every", "100", "--total-env-steps", "2500",
@@ -111,6 +125,12 @@ def main() -> int:
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        for proc in started:  # `ray start --block` stops its node's processes when it is terminated
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         cluster.shutdown()
     print("REPORT " + json.dumps(report), flush=True)
     return 0
