@@ -327,8 +327,9 @@ class Config:
     address: str | None = flag(None, "Ray to use: unset = a fresh local Ray on this machine; 'auto' or "
                                "HOST:PORT = join that running cluster")
     num_cpus: int | None = flag(None, "CPUs of the local Ray (default: this machine's cores)", low=1)
-    explorer_cpus: float | None = flag(None, "CPUs each explorer reserves (default: 1, or an even share when "
-                                       "Ray has fewer CPUs than explorers + learner)", low=0.01)
+    explorer_cpus: float | None = flag(None, "CPUs each explorer reserves (default: 1 with --explorer-resource; "
+                                       "else 1, or an even share when Ray has fewer CPUs than explorers + "
+                                       "learner)", low=0.01)
     explorer_resource: str | None = flag(None, "custom Ray resource each explorer needs one unit of: nodes that "
                                          "declare it host explorers, that many each (cluster.yaml gives worker "
                                          "nodes 'explorer')")
@@ -336,8 +337,10 @@ class Config:
                                   "they run on the CPU time the learner, the bottleneck at a fixed replay ratio, "
                                   "leaves), low (nice 19) or normal", choices=PRIORITIES)
     learner_gpus: float = flag(0.0, "GPUs for the learner (needs a GPU node and a CUDA TensorFlow)", low=0.0)
-    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: auto, the CPUs the explorers leave "
-                                "free, at most one node's, at least 1)", low=0)
+    learner_threads: int = flag(0, "TensorFlow threads for the learner (0: auto, decided for the learner's "
+                                "node: its CPUs less those of the explorers that may run there and, on a "
+                                "cluster, 1 each for the replay, the driver and the evaluator beside it; at "
+                                "least 1)", low=0)
     learner_precision: str = flag("auto", "learner arithmetic: float32; bfloat16 (mixed precision: float32 "
                                   "weights and Q-head, policy.h5 unchanged); auto = bfloat16 where the "
                                   "learner's node multiplies bf16 natively (AVX-512 BF16/AMX CPUs, GPUs of "

@@ -1,7 +1,7 @@
 """Distributed DQN on Ray: explorer actors, a replay-memory actor and a learner, wired by one driver.
 
     python launch.py                                   # a fresh local Ray on this machine
-    python launch.py --num-actors 64 --address auto    # a running Ray cluster
+    python launch.py --address auto --explorer-resource explorer --num-actors 64   # a Ray cluster (cluster.yaml)
 
 Data flows one way: explorers -> replay -> learner; only weights flow back (through Ray's object
 store). The driver (this process) keeps the replay ratio, shows progress, logs, and writes
@@ -59,14 +59,17 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
 
     from distributed.checkpoint import CHECKPOINT
     from distributed.driver import Driver, RunFailed, Stop, StopFlag
-    from distributed.preflight import check_gpus
+    from distributed.placement import local_ray_cpus, node_of
+    from distributed.preflight import check_gpus, check_node_memory
     from distributed.raystart import start_ray
 
     run_dir = Path(cfg.run_dir)
-    cpus = max(cfg.num_cpus or os.cpu_count() or 2, cfg.num_actors + 1)
+    cpus = local_ray_cpus(cfg, os.cpu_count() or 2)
     owns_ray = start_ray(cfg.address, num_cpus=cpus if cfg.address is None else None)
     try:
         check_gpus(cfg)
+        if cfg.address is not None:
+            check_node_memory(cfg)
     except LaunchError:
         if owns_ray:
             ray.shutdown()
@@ -90,8 +93,10 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
         driver = (driver_class or Driver)(cfg, run_dir, resume, stop)
         yields = "" if cfg.explorer_priority == "normal" else (
             f"; explorers yield it the CPU (--explorer-priority {cfg.explorer_priority})")
-        print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {driver.learner_threads} TensorFlow thread(s)"
-              f"{'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}{yields}", flush=True)
+        plan = driver.actors.learner_plan
+        actual = ray.get(driver.learner.__ray_call__.remote(node_of))
+        moved = "" if actual == plan.node.node_id else f"; Ray placed it on node {actual[:8]} instead (no room there)"
+        print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {plan.describe()}{moved}{yields}", flush=True)
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
         write_atomically(run_dir / "config.json",
                          lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"))

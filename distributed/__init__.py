@@ -1,9 +1,12 @@
 """The Ray program behind ``launch.py``: one module per concern.
 
 - ``raystart``: the one way this project starts or joins Ray (launch.py, bench/ and tests/);
-- ``preflight``: every check before work starts (flags, memory fit, resume merge, cluster probe);
+- ``preflight``: every check before work starts (flags, memory fit, resume merge, cluster probe, a
+  cluster head's memory);
 - ``topology``: which actor runs where, with which Ray options (replay, learner, explorers,
   evaluator), the one place bench/ and tests/ build them too;
+- ``placement``: the CPUs each explorer reserves, the learner's node and threads, and the line
+  while explorers wait for nodes;
 - ``pacer``: the replay-ratio arithmetic, plain Python;
 - ``driver``: the loop that issues explorer and learner calls and handles their results;
 - ``evaluation``: when evaluations run and what happens to their results;

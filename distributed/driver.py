@@ -16,7 +16,7 @@ from typing import Any
 
 from config import Config
 from core.policy_file import SnapshotWriter, save_policy
-from distributed import first_line, topology
+from distributed import first_line, placement, topology
 from distributed.checkpoint import (
     CHECKPOINT,
     REPLAY_FILE,
@@ -98,6 +98,7 @@ class Driver:
         self.replay, self.learner = self.actors.replay, self.actors.learner
         self.explorers, self.evaluator = self.actors.explorers, self.actors.evaluator
         self.learner_threads = self.actors.learner_threads
+        self.placement = placement.ExplorerWatch(cfg, self.explorers, self.actors.learner_plan.explorer_cpus)
         self.pacer = Pacer(cfg, env_steps=state.get("env_steps", 0),
                            updates_done=int(learner_state["steps"]) if learner_state else 0)
         best = best_evaluation(run_dir)  # best-policy.h5's score, even from an evaluation past the checkpoint
@@ -171,6 +172,7 @@ class Driver:
                     idle.add(i)
                     self._explorer_done(i, ref)
             self.evaluations.poll(self.weights, self.env_steps, self.updates_done)
+            self.placement.poll()
             now = time.monotonic()
             if self.points and now >= self.points[0][0]:
                 self.timed_snapshots(now)
@@ -218,6 +220,7 @@ class Driver:
             # Ray restarts the explorer (max_restarts=-1); its lost steps are re-issued.
             self.explorer_failures += 1
             self.pacer.explorer_lost(steps)
+            self.placement.watch(i, self.explorers[i])  # its node may be gone, with no other to take it
             print(f"explorer {i} failed ({type(exc).__name__}); it restarts and plays on "
                   f"({self.explorer_failures} failure(s) so far)", flush=True)
             return

@@ -92,6 +92,12 @@ def available_memory() -> int | None:
         return None
 
 
+def actors_memory(learner: bool, explorers: int) -> float:
+    """Bytes kept for the processes beside the replay on one node: TensorFlow in the learner (when it
+    runs there), in each explorer that may run there, and in the driver or evaluator."""
+    return (1.5e9 if learner else 0.0) + 0.8e9 * (explorers + 1)
+
+
 def fit_memory(cfg: Config, chosen: bool) -> Config:
     """Make the replay fit this machine's available memory, checked before allocating it.
 
@@ -104,7 +110,7 @@ def fit_memory(cfg: Config, chosen: bool) -> Config:
     if available is None:
         return cfg
     need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams, prioritized=cfg.prioritized)
-    headroom = 1.5e9 + 0.8e9 * (cfg.num_actors + 1)  # TensorFlow in the learner and every explorer
+    headroom = actors_memory(learner=True, explorers=cfg.num_actors)  # one machine holds every actor
     if need + headroom <= available:
         return cfg
     per_transition = ReplayMemory.bytes_per_transition(prioritized=cfg.prioritized)
@@ -233,6 +239,31 @@ def prepare(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[dict, di
             raise LaunchError(str(exc)) from None
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     return cfg, resume
+
+
+def check_node_memory(cfg: Config) -> None:
+    """On a cluster: the replay (on the driver's node, the head) and the actors that may run beside
+    it must fit the memory Ray reports for that node, checked before anything is allocated. Unlike a
+    local run's default, a cluster's replay is never shrunk: a head is chosen for its replay."""
+    import ray
+
+    from distributed.placement import alive_nodes, explorers_on, learner_node
+    from replay.memory import ReplayMemory
+
+    nodes = alive_nodes(cfg.explorer_resource)
+    here = ray.get_runtime_context().get_node_id()
+    mine = next(n for n in nodes if n.node_id == here)
+    if not mine.memory:
+        return
+    beside = actors_memory(learner=learner_node(cfg, nodes, here).node_id == here, explorers=explorers_on(cfg, mine))
+    need = ReplayMemory.estimate_nbytes(cfg.replay_capacity, cfg.num_streams, prioritized=cfg.prioritized)
+    if need + beside <= mine.memory:
+        return
+    fits = max(0, int((mine.memory - beside) / ReplayMemory.bytes_per_transition(prioritized=cfg.prioritized)))
+    raise LaunchError(f"--replay-capacity {cfg.replay_capacity:,} needs about {need / 1e9:.1f} GB, but Ray gives "
+                      f"{mine.memory / 1e9:.1f} GB to actors on the driver's node {mine.name}, where the replay "
+                      f"lives (with {beside / 1e9:.1f} GB kept for the actors beside it); use --replay-capacity at "
+                      f"most about {fits:,}, or a head with more memory")
 
 
 def check_gpus(cfg: Config) -> None:

@@ -6,7 +6,8 @@
     evaluator (driver's node, no CPU reserved): plays the newest weights now and then
 
 The replay and the learner stay on the driver's node (the head of a cluster) unless the
-learner asks for a GPU; explorers go wherever CPUs (or --explorer-resource) are free. Every
+learner asks for a GPU; explorers go wherever CPUs (or --explorer-resource) are free. How many
+CPUs each reserves and the learner's threads: distributed/placement.py. Every
 actor restarts on failure (``max_restarts=-1``); the driver notices and recovers. Explorers and
 the learner find the replay by name, so a restarted one needs only its constructor arguments
 (an actor handle argument would pin it in the object store). bench/ and tests/ build their
@@ -20,6 +21,7 @@ import uuid
 from typing import Any
 
 from config import Config
+from distributed import placement
 
 #: one TensorFlow thread each: explorers scale by processes and leave cores to the learner
 ACTING_ENV = {"env_vars": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}}
@@ -32,9 +34,13 @@ class Topology:
     replay: Any
     replay_name: str
     learner: Any
-    learner_threads: int
+    learner_plan: placement.LearnerPlan
     explorers: list[Any]
     evaluator: Any | None
+
+    @property
+    def learner_threads(self) -> int:
+        return self.learner_plan.threads
 
     def kill(self) -> None:
         import ray
@@ -43,37 +49,12 @@ class Topology:
             ray.kill(handle)
 
 
-def explorer_cpus(cfg: Config) -> float:
-    """--explorer-cpus, or one CPU per explorer, or an even share of what Ray has beside the
-    learner's CPU, so that every explorer is placed even when there are more explorers than cores."""
-    import ray
-
-    if cfg.explorer_cpus:
-        return cfg.explorer_cpus
-    total = ray.cluster_resources().get("CPU", 1.0)
-    return min(1.0, max(0.01, (total - 1.0) / cfg.num_actors))
-
-
-def learner_threads(cfg: Config, explorer_cpus: float) -> int:
-    """--learner-threads, or by default the CPUs the explorers (``explorer_cpus`` each) leave
-    free, at most one node's worth, at least 1. More threads than that compete with the
-    explorers for cores, and the learner's thread barriers wait for preempted threads: on 2
-    cores with 1 explorer, 1 thread gave 1.03x to 1.12x the updates of 2 end to end
-    (docs/benchmarks.md)."""
-    import ray
-
-    if cfg.learner_threads:
-        return cfg.learner_threads
-    spare = ray.cluster_resources().get("CPU", 1.0) - cfg.num_actors * explorer_cpus
-    largest = max((node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"]), default=1.0)
-    return int(max(1, min(spare, largest)))
-
-
-def _here(hard: bool) -> Any:
+def _here(hard: bool, node_id: str | None = None) -> Any:
+    """Pinned to ``node_id`` (default: the driver's node); ``hard``: there or nowhere."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=not hard)
+    return NodeAffinitySchedulingStrategy(node_id or ray.get_runtime_context().get_node_id(), soft=not hard)
 
 
 def replay_actor(capacity: int, num_streams: int, *, seed: int | None, n_step: int = 1,
@@ -92,10 +73,13 @@ def replay_actor(capacity: int, num_streams: int, *, seed: int | None, n_step: i
         capacity, num_streams, seed=seed, n_step=n_step, priority_alpha=priority_alpha)
 
 
-def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int, initial_weights: Any = None) -> Any:
-    """The learner, with ``threads`` TensorFlow threads: on this node, or on a GPU node with
-    --learner-gpus. ``replay`` is the replay's name (or a handle, in benchmarks). Both its networks
-    start from ``initial_weights`` (--init-weights) when given; a restarted learner gets them again."""
+def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int, initial_weights: Any = None,
+                  node_id: str | None = None) -> Any:
+    """The learner, with ``threads`` TensorFlow threads, on ``node_id`` (default: this node; with
+    --learner-gpus, a node with the GPUs), the node its threads were decided for: soft, so that a
+    restart after losing that node finds another. ``replay`` is the replay's name (or a handle, in
+    benchmarks). Both its networks start from ``initial_weights`` (--init-weights) when given; a
+    restarted learner gets them again."""
     import ray
 
     from learner.learner import Learner
@@ -104,8 +88,8 @@ def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int, initia
         "num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1,
         "runtime_env": {"env_vars": {"TF_NUM_INTRAOP_THREADS": str(threads)}},
     }
-    if not cfg.learner_gpus:
-        options["scheduling_strategy"] = _here(hard=False)
+    if not cfg.learner_gpus or node_id:
+        options["scheduling_strategy"] = _here(hard=False, node_id=node_id)
     return ray.remote(Learner).options(**options).remote(cfg, n_actions, replay, initial_weights)
 
 
@@ -143,17 +127,24 @@ def evaluator_actor(cfg: Config, n_actions: int, generation: int) -> Any:
 
 def build(cfg: Config, n_actions: int, generation: int, initial_weights: Any = None) -> Topology:
     """Every actor of a run. ``generation`` counts resumes: each one gets new emulator and replay seeds;
-    ``initial_weights``: the learner's networks at the start (--init-weights)."""
+    ``initial_weights``: the learner's networks at the start (--init-weights). The learner's threads
+    are decided for the node it is placed on (distributed.placement)."""
+    import ray
+
     name = f"replay-{uuid.uuid4().hex[:12]}"
     replay = replay_actor(cfg.replay_capacity, cfg.num_streams, seed=cfg.seed + 7919 * generation, n_step=cfg.n_step,
                           priority_alpha=cfg.priority_alpha if cfg.prioritized else None, name=name)
-    cpus = explorer_cpus(cfg)
-    threads = learner_threads(cfg, cpus)
+    here = ray.get_runtime_context().get_node_id()
+    nodes = placement.alive_nodes(cfg.explorer_resource)
+    cpus = placement.explorer_cpus(cfg, ray.cluster_resources().get("CPU", 1.0))
+    node = placement.learner_node(cfg, nodes, here)
+    plan = placement.plan_learner(cfg, node, cluster=cfg.address is not None, beside_driver=node.node_id == here,
+                                  explorer_cpus=cpus)
     return Topology(
         replay=replay,
         replay_name=name,
-        learner=learner_actor(cfg, n_actions, name, threads, initial_weights),
-        learner_threads=threads,
+        learner=learner_actor(cfg, n_actions, name, plan.threads, initial_weights, node_id=node.node_id),
+        learner_plan=plan,
         explorers=explorer_actors(cfg, name, generation, cpus),
         evaluator=evaluator_actor(cfg, n_actions, generation) if cfg.eval_every else None,
     )

@@ -279,3 +279,49 @@ def test_multi_node_run_survives_losing_a_worker_node(tmp_path: Path) -> None:
     assert last["env_steps"] == 3000 and last["explorer_restarts"] >= 1
     assert r["policy_ok"] is True
     assert (run_dir / "policy.h5").stat().st_size > 6_000_000
+
+
+def test_placement_on_a_cluster_shaped_like_cluster_yaml(tmp_path: Path) -> None:
+    """tests/placement_driver.py: a 16-CPU head without `explorer`, a worker with 2 `explorer`
+    units before launch.py starts and one with 16 after. A replay the head's declared memory cannot
+    hold is refused in one line; then every explorer runs on a worker, reserving 1 CPU and 1
+    `explorer`, the learner runs on the head with its CPUs less the replay's and the driver's (no
+    evaluator in this run), the third explorer is announced as waiting, and it plays once the second
+    worker joins."""
+    ray_tmp = tempfile.mkdtemp(prefix="dqnp")
+    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    for leak in ("PYTHONPATH", "RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        env.pop(leak, None)
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "tests/placement_driver.py"), str(tmp_path)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        _kill_processes_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    reports = [line[len("REPORT "):] for line in out.stdout.splitlines() if line.startswith("REPORT ")]
+    assert out.returncode == 0 and reports, (out.stdout[-3000:], out.stderr[-3000:])
+    r = json.loads(reports[0])
+    head, first, second = r["head"], r["first_worker"], r["second_worker"]
+
+    # the memory check: one line, exit 2, nothing written
+    assert r["refused_rc"] == 2 and not r["refused_dir_exists"]
+    refusal = r["refused_stderr"].strip().splitlines()
+    assert len(refusal) == 1 and "Traceback" not in r["refused_stderr"], r["refused_stderr"]
+    assert "--replay-capacity 1,000,000" in refusal[0] and "driver's node" in refusal[0]
+
+    assert r["rc"] == 0 and r["env_steps"] == 2500
+    # the learner on the head: 16 CPUs, less 1 for the replay and 1 for the driver, no explorer there
+    expected_threads = 16 - 1 - 1
+    assert r["learner"]["node"] == head
+    assert r["learner"]["env_threads"] == str(expected_threads)
+    assert f"{expected_threads} TensorFlow thread(s) on node" in out.stdout and head[:8] in out.stdout
+    # every explorer on a worker, 1 CPU and 1 explorer each; at most 2 on the first worker
+    nodes = {p["explorer"]: p["node"] for p in r["placements"]}
+    assert set(nodes) == {0, 1, 2} and set(nodes.values()) <= {first, second}
+    assert list(nodes.values()).count(first) == 2
+    assert all(p["reserved"] == {"CPU": 1.0, "explorer": 1.0} for p in r["placements"])
+    # the third explorer was announced as waiting for a node, and played once the second worker joined
+    waiting = [line for line in out.stdout.splitlines() if line.startswith("waiting for nodes:")]
+    assert waiting and "1 of 3 explorer(s) not placed" in waiting[0] and "0 'explorer'" in waiting[0], waiting
+    assert any(p["node"] == second and p["after_second_worker"] for p in r["placements"])
+    assert "explorers placed: all 3 run" in out.stdout
