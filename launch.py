@@ -89,6 +89,9 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
         driver = (driver_class or Driver)(cfg, run_dir, resume, stop)
         yields = "" if cfg.explorer_priority == "normal" else (
             f"; explorers yield it the CPU (--explorer-priority {cfg.explorer_priority})")
+        if cfg.learner_gpus and not ray.get(driver.learner.gpu.remote()):
+            raise LaunchError(f"--learner-gpus {cfg.learner_gpus:g}: TensorFlow in the learner sees no GPU (no CUDA "
+                              "libraries?); install them with `DQN_GPU=1 ./dqn launch ...` (docs/gpu.md)")
         print(f"learner: {ray.get(driver.learner.arithmetic.remote())}, {driver.learner_threads} TensorFlow thread(s)"
               f"{'' if cfg.learner_threads else ' (auto: the CPUs the explorers leave free)'}{yields}", flush=True)
         # written once the actors stand (a resume that fails to start leaves the run's settings as they were)
