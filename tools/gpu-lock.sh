@@ -21,7 +21,7 @@ root, report, tf = sys.argv[1:]
 pins = {m["name"]: m["version"] for m in (i["metadata"] for i in json.load(open(report))["install"])}
 header = f"""\
 # The optional GPU lock: requirements.lock.txt plus the NVIDIA CUDA 12 libraries that
-# {tf.replace('tensorflow', 'tensorflow[and-cuda]')} pulls (about 3 GB more). Every package both locks name has the
+# {tf.replace('tensorflow', 'tensorflow[and-cuda]')} pulls (about 4.2 GB more). Every package both locks name has the
 # same pin (tests/test_gpu.py checks it). Installed by `DQN_GPU=1 ./dqn ...` on top of the
 # main lock (docs/gpu.md). Resolved by tools/gpu-lock.sh (pip's dry run on Linux x86_64; the
 # NVIDIA wheels are py3-none, one set for Python 3.11-3.13): rerun it after changing the main lock.
