@@ -7,14 +7,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import kerasrl_compat
 from config import Config
 from core.network import auto_precision
 
@@ -176,3 +179,42 @@ def test_actors_without_a_gpu_see_none(ray_session: Any) -> None:
     finally:
         for actor in [*actors.values(), bare]:
             ray.kill(actor)
+
+
+GPU_REFUSAL = """
+import sys
+from ray.cluster_utils import Cluster
+import launch
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1})  # a GPU Ray counts
+try:
+    rc = launch.main(["--num-actors", "1", "--envs-per-actor", "1", "--learning-starts", "100", "--replay-capacity",
+                      "1000", "--eval-every", "0", "--address", cluster.address, "--learner-gpus", "1",
+                      "--run-dir", sys.argv[1]])
+finally:
+    cluster.shutdown()
+print("RC", rc)
+"""
+
+
+def test_a_learner_whose_tensorflow_sees_no_gpu_is_refused(tmp_path: Path) -> None:
+    """Ray has a GPU (a fake one) and gives it to the learner, but TensorFlow there finds none (here:
+    no GPU at all; on a GPU node: no CUDA libraries): one line saying how to install them, exit 2, and
+    neither config.json nor a network written (the driver had only opened its logs)."""
+    from test_cluster import _kill_processes_under  # the cluster test's cleanup: our temp folder's processes
+
+    ray_tmp = tempfile.mkdtemp(prefix="dqng")  # short: Ray's socket paths must stay under 108 bytes
+    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp,
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.pop("RAY_ADDRESS", None)
+    try:
+        out = subprocess.run([sys.executable, "-c", GPU_REFUSAL, str(tmp_path / "run")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        _kill_processes_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "RC 2" in out.stdout, (out.stdout[-2000:], out.stderr[-3000:])
+    errors = [line for line in out.stderr.splitlines() if line.startswith("launch.py: error:")]
+    assert errors == ["launch.py: error: --learner-gpus 1: TensorFlow in the learner sees no GPU (no CUDA "
+                      "libraries?); install them with `DQN_GPU=1 ./dqn launch ...` (docs/gpu.md)"], out.stderr[-3000:]
+    written = {p.name for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert "metrics.jsonl" in written and not written & {"config.json", "policy.h5", "checkpoint.npz"}, written
