@@ -336,15 +336,16 @@ class Config:
     explorer_priority: str = flag("idle", "CPU priority of explorers and the evaluator: idle (Linux SCHED_IDLE: "
                                   "they run on the CPU time the learner, the bottleneck at a fixed replay ratio, "
                                   "leaves), low (nice 19) or normal", choices=PRIORITIES)
-    learner_gpus: float = flag(0.0, "GPUs for the learner (needs a GPU node and a CUDA TensorFlow)", low=0.0)
+    learner_gpus: float = flag(0.0, "GPUs for the learner: 1 puts it on an NVIDIA GPU (needs a GPU node whose "
+                               "venv has the CUDA libraries: DQN_GPU=1 ./dqn ..., docs/gpu.md)", low=0.0)
     learner_threads: int = flag(0, "TensorFlow threads for the learner (0: auto, decided for the learner's "
                                 "node: its CPUs less those of the explorers that may run there and, on a "
                                 "cluster, 1 each for the replay, the driver and the evaluator beside it; at "
                                 "least 1)", low=0)
     learner_precision: str = flag("auto", "learner arithmetic: float32; bfloat16 (mixed precision: float32 "
-                                  "weights and Q-head, policy.h5 unchanged); auto = bfloat16 where the "
-                                  "learner's node multiplies bf16 natively (AVX-512 BF16/AMX CPUs, GPUs of "
-                                  "compute capability 8+), else float32", choices=PRECISIONS)
+                                  "weights and Q-head, policy.h5 unchanged); auto = float32 on a GPU (TF32 "
+                                  "from compute capability 8.0), bfloat16 on CPUs that multiply bf16 natively "
+                                  "(AVX-512 BF16/AMX), else float32", choices=PRECISIONS)
     actor_precision: str = flag("auto", "explorers' inference arithmetic: float32, bfloat16 or auto, as "
                                 "--learner-precision (1.5x faster forward passes on AVX-512 BF16 CPUs)",
                                 choices=PRECISIONS)

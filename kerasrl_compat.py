@@ -24,6 +24,9 @@ from typing import Any
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# TensorFlow maps nearly all of a GPU's memory when it first touches it; grow on demand instead, so
+# that a learner leaves room beside it (and a process that only loads policy.h5 takes next to none).
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import numpy as np  # noqa: E402
 
@@ -43,6 +46,7 @@ PROCESS_ENV = {
     "TF_USE_LEGACY_KERAS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "RAY_USAGE_STATS_ENABLED": "0",
+    "TF_FORCE_GPU_ALLOW_GROWTH": "true",
 }
 
 

@@ -93,6 +93,9 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
         driver = (driver_class or Driver)(cfg, run_dir, resume, stop)
         yields = "" if cfg.explorer_priority == "normal" else (
             f"; explorers yield it the CPU (--explorer-priority {cfg.explorer_priority})")
+        if cfg.learner_gpus and not ray.get(driver.learner.gpu.remote()):
+            raise LaunchError(f"--learner-gpus {cfg.learner_gpus:g}: TensorFlow in the learner sees no GPU (no CUDA "
+                              "libraries?); install them with `DQN_GPU=1 ./dqn launch ...` (docs/gpu.md)")
         plan = driver.actors.learner_plan
         actual = ray.get(driver.learner.__ray_call__.remote(node_of))
         moved = "" if actual == plan.node.node_id else f"; Ray placed it on node {actual[:8]} instead (no room there)"

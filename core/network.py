@@ -13,36 +13,64 @@ dueling_type="avg")`` makes out of that example, built the same way (see
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import kerasrl_compat
 from config import PRECISIONS
 from core.frames import INPUT_SHAPE
 
 
+def auto_precision(gpu_capability: tuple[int, int] | None, cpu_flags: Iterable[str]) -> tuple[str, str]:
+    """What ``auto`` means on this hardware, and why: ``(precision, reason)``. Pure, so that any
+    GPU can be tested without one.
+
+    On a GPU (``gpu_capability`` is its CUDA compute capability): float32 at every capability.
+    From 8.0 (Ampere) TensorFlow already runs float32 convolutions and matmuls as TF32 on the
+    tensor cores; mixed_float16 would need loss scaling (updates skipped on overflow, a scale to
+    checkpoint) for a network whose update is too small to be bound by arithmetic (docs/gpu.md).
+    On a CPU: bfloat16 where it multiplies bf16 natively (AVX-512 BF16, AMX); elsewhere TensorFlow
+    emulates bf16, slower than float32.
+    """
+    if gpu_capability is not None:
+        major, minor = gpu_capability
+        tf32 = ", TF32 tensor cores" if (major, minor) >= (8, 0) else ""
+        return "float32", f"GPU compute capability {major}.{minor}{tf32}"
+    flags = set(cpu_flags)
+    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    return ("bfloat16", f"CPU {found[0]}") if found else ("float32", "no native bfloat16 here")
+
+
 @functools.cache
-def native_bfloat16() -> str:
-    """Why bf16 pays off here ('' when it does not): bf16 math is only faster than float32 on
-    hardware that multiplies bf16 natively; elsewhere TensorFlow emulates it, slower than float32."""
+def visible_gpu() -> dict | None:
+    """The first GPU TensorFlow sees in this process (``name``, ``capability``), or None. Actors
+    without a GPU of their own see none: distributed.topology hides the node's GPUs from them."""
     tf = kerasrl_compat.load_tensorflow()
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
-        if tuple(capability) >= (8, 0):  # Ampere and newer
-            return f"GPU compute capability {capability[0]}.{capability[1]}"
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return {"name": details.get("device_name", gpus[0].name),
+            "capability": tuple(details.get("compute_capability") or (0, 0))}
+
+
+@functools.cache
+def auto_choice() -> tuple[str, str]:
+    """:func:`auto_precision` for this process's hardware."""
+    gpu = visible_gpu()
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         flags = []
-    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
-    return f"CPU {found[0]}" if found else ""
+    return auto_precision(gpu["capability"] if gpu else None, flags)
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bfloat16`` where the hardware runs it natively, else ``float32``."""
+    """``auto`` -> what :func:`auto_precision` picks for this process's hardware."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        return auto_choice()[0]
     return precision
 
 

@@ -23,8 +23,12 @@ from typing import Any
 from config import Config
 from distributed import placement
 
+#: for every actor that holds no GPU: Ray 2.60 leaves a num_gpus=0 actor the node's
+#: CUDA_VISIBLE_DEVICES (ray-project/ray#54868), so TensorFlow in an explorer would use, and take
+#: memory on, the GPU Ray gave the learner
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
 #: one TensorFlow thread each: explorers scale by processes and leave cores to the learner
-ACTING_ENV = {"env_vars": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}}
+ACTING_ENV = {"env_vars": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", **NO_GPU}}
 
 
 @dataclasses.dataclass
@@ -66,11 +70,18 @@ def replay_actor(capacity: int, num_streams: int, *, seed: int | None, n_step: i
 
     from replay.server import ReplayServer
 
-    options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": _here(hard=True), "max_restarts": -1}
+    options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": _here(hard=True), "max_restarts": -1,
+                               "runtime_env": {"env_vars": dict(NO_GPU)}}
     if name:
         options["name"] = name
     return ray.remote(ReplayServer).options(**options).remote(
         capacity, num_streams, seed=seed, n_step=n_step, priority_alpha=priority_alpha)
+
+
+def learner_env(cfg: Config, threads: int) -> dict[str, str]:
+    """The learner's environment: its TensorFlow threads, and no GPU unless --learner-gpus gives it
+    one (then Ray sets CUDA_VISIBLE_DEVICES to the GPU it reserved)."""
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), **({} if cfg.learner_gpus else NO_GPU)}
 
 
 def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int, initial_weights: Any = None,
@@ -86,7 +97,7 @@ def learner_actor(cfg: Config, n_actions: int, replay: Any, threads: int, initia
 
     options: dict[str, Any] = {
         "num_cpus": 1, "num_gpus": cfg.learner_gpus, "max_restarts": -1,
-        "runtime_env": {"env_vars": {"TF_NUM_INTRAOP_THREADS": str(threads)}},
+        "runtime_env": {"env_vars": learner_env(cfg, threads)},
     }
     if not cfg.learner_gpus or node_id:
         options["scheduling_strategy"] = _here(hard=False, node_id=node_id)

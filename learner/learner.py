@@ -264,12 +264,20 @@ class Learner:
         }
 
     def arithmetic(self) -> str:
-        """What the learner computes in and why, for the driver's start-up line."""
-        from core.network import native_bfloat16
+        """What the learner computes in, on which GPU if any, and why, for the driver's start-up line."""
+        from core.network import auto_choice
 
+        where = f" on {self.gpu()}" if self.gpu() else ""
         if self.cfg.learner_precision != "auto":
-            return self.precision
-        return f"{self.precision} (auto: {native_bfloat16() or 'no native bfloat16 here'})"
+            return self.precision + where
+        return f"{self.precision}{where} (auto: {auto_choice()[1]})"
+
+    def gpu(self) -> str:
+        """The GPU TensorFlow computes on here ('' on a CPU): launch.py refuses --learner-gpus without one."""
+        from core.network import visible_gpu
+
+        gpu = visible_gpu()
+        return f"GPU {gpu['name']}" if gpu else ""
 
     def get_weights(self) -> tuple[int, list[np.ndarray]]:
         """``(version, arrays)``: what explorers load and the driver exports."""

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from core.network import INPUT_SHAPE, build_q_network, native_bfloat16, q_function, resolve_precision
+from core.network import INPUT_SHAPE, auto_choice, build_q_network, q_function, resolve_precision, visible_gpu
 from core.policy_file import (
     PolicyFileError,
     SnapshotWriter,
@@ -239,11 +239,16 @@ def test_acting_copy_keeps_bfloat16_weights_and_acts_bit_for_bit_alike(dueling):
 
 
 def test_auto_precision_follows_the_hardware():
+    """auto is what core.network.auto_precision (tested on every kind of GPU in tests/test_gpu.py)
+    picks for this process's GPU, or for this CPU's flags when TensorFlow sees no GPU."""
     assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
-    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
-    if not tf.config.list_physical_devices("GPU"):
+    assert resolve_precision("auto") == auto_choice()[0]
+    if visible_gpu() is None:
+        assert not tf.config.list_physical_devices("GPU")
         with open("/proc/cpuinfo") as f:
             flags = set(f.read().split())
-        assert bool(native_bfloat16()) == bool(flags & {"avx512_bf16", "amx_bf16"})
+        assert (auto_choice()[0] == "bfloat16") == bool(flags & {"avx512_bf16", "amx_bf16"})
+    else:
+        assert auto_choice() == ("float32", auto_choice()[1]) and auto_choice()[1].startswith("GPU")
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("float16")
