@@ -13,36 +13,53 @@ dueling_type="avg")`` makes out of that example, built the same way (see
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import kerasrl_compat
 from config import PRECISIONS
 from core.frames import INPUT_SHAPE
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # Intel AMX (Sapphire Rapids on), AVX-512 BF16 (Cooper Lake, Zen 4 on)
 
-@functools.cache
-def native_bfloat16() -> str:
-    """Why bf16 pays off here ('' when it does not): bf16 math is only faster than float32 on
-    hardware that multiplies bf16 natively; elsewhere TensorFlow emulates it, slower than float32."""
-    tf = kerasrl_compat.load_tensorflow()
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The CPU feature flags of the first ``flags`` line of ``/proc/cpuinfo``'s text."""
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "flags :")
+    return set(line.split(":", 1)[1].split())
+
+
+def bfloat16_hardware(flags: Iterable[str], gpu_capabilities: Iterable[tuple[int, int]] = ()) -> str:
+    """Which of this hardware multiplies bf16 natively ('' when none does): bf16 math is only
+    faster than float32 there; elsewhere TensorFlow emulates it, slower than float32. The rule
+    alone, so that it is testable on any machine."""
+    for capability in gpu_capabilities:
         if tuple(capability) >= (8, 0):  # Ampere and newer
             return f"GPU compute capability {capability[0]}.{capability[1]}"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    found = [flag for flag in BF16_CPU_FLAGS if flag in set(flags)]
     return f"CPU {found[0]}" if found else ""
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bfloat16`` where the hardware runs it natively, else ``float32``."""
+@functools.cache
+def native_bfloat16() -> str:
+    """:func:`bfloat16_hardware` of the GPUs TensorFlow sees and this machine's CPU."""
+    tf = kerasrl_compat.load_tensorflow()
+    capabilities = [tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0))
+                    for gpu in tf.config.list_physical_devices("GPU")]
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+    except OSError:
+        cpuinfo = ""
+    return bfloat16_hardware(cpu_flags(cpuinfo), capabilities)
+
+
+def resolve_precision(precision: str, native: str | None = None) -> str:
+    """``auto`` -> ``bfloat16`` where the hardware runs it natively, else ``float32``. ``native``:
+    what :func:`native_bfloat16` says (asked when None)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        return "bfloat16" if (native_bfloat16() if native is None else native) else "float32"
     return precision
 
 

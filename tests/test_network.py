@@ -12,7 +12,15 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from core.network import INPUT_SHAPE, build_q_network, native_bfloat16, q_function, resolve_precision
+from core.network import (
+    INPUT_SHAPE,
+    bfloat16_hardware,
+    build_q_network,
+    cpu_flags,
+    native_bfloat16,
+    q_function,
+    resolve_precision,
+)
 from core.policy_file import (
     PolicyFileError,
     SnapshotWriter,
@@ -228,12 +236,36 @@ def test_acting_copy_keeps_bfloat16_weights_and_acts_bit_for_bit_alike(dueling):
     assert all(w.dtype == np.float32 for w in exact.get_weights())
 
 
+# /proc/cpuinfo flags lines of real CPUs, shortened to the flags around the ones that matter
+SKYLAKE_SP = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_vnni\n"
+ZEN4 = "flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni\nbugs\t\t: sysret_ss_attrs\n"
+SAPPHIRE_RAPIDS = ("flags\t\t: fpu avx2 avx512f avx_vnni avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8\n"
+                   "vmx flags\t: vnmi preemption_timer\n")
+
+
+def test_bfloat16_is_native_only_on_hardware_that_multiplies_it():
+    """The rule on CPUs and GPUs whose answer is known from their specifications."""
+    assert bfloat16_hardware(cpu_flags(SKYLAKE_SP)) == ""  # AVX-512 without BF16: emulated, slower
+    assert bfloat16_hardware(cpu_flags(ZEN4)) == "CPU avx512_bf16"
+    assert bfloat16_hardware(cpu_flags(SAPPHIRE_RAPIDS)) == "CPU amx_bf16"
+    assert bfloat16_hardware(cpu_flags("")) == ""  # no /proc/cpuinfo
+    assert bfloat16_hardware(cpu_flags(SKYLAKE_SP), [(7, 5)]) == ""  # T4: Turing has no bf16
+    assert bfloat16_hardware(cpu_flags(SKYLAKE_SP), [(7, 5), (8, 0)]) == "GPU compute capability 8.0"  # A100
+    assert bfloat16_hardware(cpu_flags(ZEN4), [(9, 0)]) == "GPU compute capability 9.0"  # H100 first
+    assert cpu_flags(SAPPHIRE_RAPIDS) >= {"amx_bf16", "avx512_bf16"} and "vnmi" not in cpu_flags(SAPPHIRE_RAPIDS)
+
+
 def test_auto_precision_follows_the_hardware():
-    assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
-    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
-    if not tf.config.list_physical_devices("GPU"):
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-        assert bool(native_bfloat16()) == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert resolve_precision("auto", native="") == "float32"
+    assert resolve_precision("auto", native="CPU avx512_bf16") == "bfloat16"
+    assert resolve_precision("auto", native="GPU compute capability 8.0") == "bfloat16"
+    assert resolve_precision("float32", native="CPU amx_bf16") == "float32"  # a choice beats the hardware
+    assert resolve_precision("bfloat16", native="") == "bfloat16"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("float16")
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU decides before the CPU")
+def test_native_bfloat16_reads_this_machines_cpu():
+    with open("/proc/cpuinfo") as f:
+        assert native_bfloat16() == bfloat16_hardware(cpu_flags(f.read()))
