@@ -38,7 +38,8 @@ EPILOG = """run directory (--run-dir):
   games/           each evaluation's first game: step-<agent step>-score-<score>.gif
   learning-curve.png  evaluation and training scores against agent steps and time (after every evaluation)
   snapshots/       with --snapshot-every: policy-<agent step>.h5 copies, listed in snapshots.csv
-  tb/              TensorBoard: tensorboard --logdir RUN_DIR/tb (scalars; the curve and the games as images)
+  tb/              TensorBoard: ./dqn python -m tensorboard.main --logdir RUN_DIR/tb (scalars; the curve
+                   and the games as images)
 
 presets (--preset; flags given beside it win):
 {presets}

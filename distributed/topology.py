@@ -58,7 +58,7 @@ def learner_threads(cfg: Config, explorer_cpus: float) -> int:
     """--learner-threads, or by default the CPUs the explorers (``explorer_cpus`` each) leave
     free, at most one node's worth, at least 1. More threads than that compete with the
     explorers for cores, and the learner's thread barriers wait for preempted threads: on 2
-    cores with 1 explorer, 1 thread gave 1.03x to 1.12x the updates of 2 end to end
+    cores with 1 explorer, 1 thread gave 1.02x to 1.12x the updates of 2 end to end
     (docs/benchmarks.md)."""
     import ray
 
