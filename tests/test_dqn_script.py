@@ -92,11 +92,13 @@ def test_python_choice_and_venv_remake(project: Path) -> None:
         assert f"PYTHON={bad} does not run" in one_line_error(dqn(project, "python", "-c", VERSION, python=bad))
     assert dqn(project, "python", "-c", VERSION).stdout.strip() == theirs  # the venv is untouched
 
+    both = "import six, termcolor; print('both')"
+    assert "No module named 'termcolor'" in dqn(project, "python", "-c", both).stderr
     with open(project / "requirements.lock.txt", "a") as lock:
-        lock.write("# changed\n")
-    updated = dqn(project, "python", "-c", "import six; print(six.__version__)")
-    assert updated.returncode == 0 and updated.stdout.strip() == "1.17.0"
-    assert "setting up" in updated.stderr and "re-making" not in updated.stderr
+        lock.write("termcolor==3.3.0\n")  # a package the venv lacks: the changed lock must be installed
+    updated = dqn(project, "python", "-c", both)
+    assert updated.returncode == 0 and updated.stdout.strip() == "both", updated.stderr
+    assert "setting up" in updated.stderr and "re-making" not in updated.stderr  # in place, six kept
 
 
 def test_no_supported_python_is_a_one_line_error(project: Path) -> None:
