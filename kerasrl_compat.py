@@ -1,7 +1,7 @@
 """keras-rl2 1.0.5 on TensorFlow 2.21: every shim the project needs, in one place.
 
 Import this module before TensorFlow or ``rl`` anywhere. Each fix states why it exists;
-see ``../shared/STACK.md`` for how each problem was found.
+``tests/test_compat.py`` shows each problem and its fix.
 
 Importing this module is cheap and keeps TensorFlow eager: only :func:`dqn_agent_class`
 imports ``rl.agents``, which switches the whole process to graph mode.

@@ -39,7 +39,8 @@ EPILOG = """run directory (--run-dir):
   games/           each evaluation's first game: step-<agent step>-score-<score>.gif
   learning-curve.png  evaluation and training scores against agent steps and time (after every evaluation)
   snapshots/       with --snapshot-every / --snapshot-minutes: copies of the network, listed in snapshots.csv
-  tb/              TensorBoard: tensorboard --logdir RUN_DIR/tb (scalars; the curve and the games as images)
+  tb/              TensorBoard: ./dqn python -m tensorboard.main --logdir RUN_DIR/tb (scalars; the curve
+                   and the games as images)
 
 presets (--preset; flags given beside it win):
 {presets}

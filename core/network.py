@@ -19,6 +19,8 @@ import kerasrl_compat
 from config import PRECISIONS
 from core.frames import INPUT_SHAPE
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # Intel AMX (Sapphire Rapids on), AVX-512 BF16 (Cooper Lake, Zen 4 on)
+
 
 def auto_precision(gpu_capability: tuple[int, int] | None, cpu_flags: Iterable[str]) -> tuple[str, str]:
     """What ``auto`` means on this hardware, and why: ``(precision, reason)``. Pure, so that any
@@ -36,7 +38,7 @@ def auto_precision(gpu_capability: tuple[int, int] | None, cpu_flags: Iterable[s
         tf32 = ", TF32 tensor cores" if (major, minor) >= (8, 0) else ""
         return "float32", f"GPU compute capability {major}.{minor}{tf32}"
     flags = set(cpu_flags)
-    found = [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
+    found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
     return ("bfloat16", f"CPU {found[0]}") if found else ("float32", "no native bfloat16 here")
 
 

@@ -92,11 +92,13 @@ def test_python_choice_and_venv_remake(project: Path) -> None:
         assert f"PYTHON={bad} does not run" in one_line_error(dqn(project, "python", "-c", VERSION, python=bad))
     assert dqn(project, "python", "-c", VERSION).stdout.strip() == theirs  # the venv is untouched
 
+    both = "import six, termcolor; print('both')"
+    assert "No module named 'termcolor'" in dqn(project, "python", "-c", both).stderr
     with open(project / "requirements.lock.txt", "a") as lock:
-        lock.write("# changed\n")
-    updated = dqn(project, "python", "-c", "import six; print(six.__version__)")
-    assert updated.returncode == 0 and updated.stdout.strip() == "1.17.0"
-    assert "setting up" in updated.stderr and "re-making" not in updated.stderr
+        lock.write("termcolor==3.3.0\n")  # a package the venv lacks: the changed lock must be installed
+    updated = dqn(project, "python", "-c", both)
+    assert updated.returncode == 0 and updated.stdout.strip() == "both", updated.stderr
+    assert "setting up" in updated.stderr and "re-making" not in updated.stderr  # in place, six kept
 
 
 def test_no_supported_python_is_a_one_line_error(project: Path) -> None:
@@ -110,3 +112,17 @@ def test_no_supported_python_is_a_one_line_error(project: Path) -> None:
     line = one_line_error(dqn(project, "test", python=str(fake), path=tools))
     assert line.startswith(f"dqn: error: PYTHON={fake} is Python 3.10; supported are 3.11, 3.12 and 3.13"), line
     assert not (project / ".venv").exists()
+
+
+def test_set_up_shows_each_package_on_stderr_and_leaves_stdout_to_the_command(project: Path) -> None:
+    """The first run downloads about 2.6 GB: it must not look stuck. Away from a terminal (this
+    pipe, a CI log) pip prints a line per package; the command's own output stays alone on stdout."""
+    proc = dqn(project, "python", "-c", "import six; print(six.__version__)", python=sys.executable)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "1.17.0\n"
+    assert "downloads about 2.6 GB" in proc.stderr
+    lines = proc.stderr.splitlines()  # "Collecting six==1.17.0", or "Processing .../six-...whl" (wheelhouse)
+    assert any(line.startswith(("Collecting six", "Processing ")) and "six" in line for line in lines), proc.stderr
+    assert "Successfully installed six-1.17.0" in lines, proc.stderr
+    again = dqn(project, "python", "-c", "print(1)")
+    assert again.returncode == 0 and again.stderr == ""  # set up once: nothing more to show

@@ -41,7 +41,10 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("entry")
 
 
-def test_launch_tiny_run_is_quiet(work: Path) -> None:
+def test_launch_tiny_run_then_play_its_network_with_a_gif_are_quiet(work: Path) -> None:
+    """launch.py writes a network (the apex preset's plain one) and play.py plays it with a GIF, in
+    one test so that play always has its input. The GIF recorder once kept the emulator alive
+    until exit, where nanobind reported it as leaked."""
     run = work / "launch"
     out = user_run(work, "launch", [
         ROOT / "launch.py", "--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "600",
@@ -49,6 +52,14 @@ def test_launch_tiny_run_is_quiet(work: Path) -> None:
         "--eval-max-steps", "300", "--log-every", "2", "--run-dir", run])
     assert (run / "policy.h5").stat().st_size > 6_000_000
     assert re.search(r"^done: 600 agent steps", out, re.M), out
+    assert_quiet(out)
+
+    gif = work / "game.gif"
+    out = user_run(work, "play", [ROOT / "play.py", "--weights", run / "policy.h5", "--max-steps", "200",
+                                  "--seed", "1", "--gif", gif])
+    assert re.search(r"^loaded .*: plain network", out, re.M), out
+    assert re.search(r"^mean score over 1 game\(s\): \d+\.\d\d$", out, re.M), out
+    assert gif.stat().st_size > 0
     assert_quiet(out)
 
 
@@ -59,21 +70,6 @@ def test_train_tiny_run_is_quiet(work: Path) -> None:
         "--output", run / "policy.h5"])
     assert (run / "policy.h5").stat().st_size > 6_000_000
     assert "done after 300 steps" in out
-    assert_quiet(out)
-
-
-def test_play_with_gif_is_quiet(work: Path) -> None:
-    """The launch run's network (the apex preset's plain one) with a GIF: the GIF recorder kept the emulator alive until
-    exit, where nanobind reported it as leaked."""
-    policy = work / "launch" / "policy.h5"
-    if not policy.exists():
-        pytest.skip(f"the launch test above did not write {policy}")
-    gif = work / "game.gif"
-    out = user_run(work, "play", [ROOT / "play.py", "--weights", policy, "--max-steps", "200", "--seed", "1",
-                                  "--gif", gif])
-    assert re.search(r"^loaded .*: plain network", out, re.M), out
-    assert re.search(r"^mean score over 1 game\(s\): \d+\.\d\d$", out, re.M), out
-    assert gif.stat().st_size > 0
     assert_quiet(out)
 
 

@@ -340,6 +340,10 @@ def test_a_restored_learner_hands_out_versions_past_every_one_seen() -> None:
     second = Learner(cfg, n_actions=4)
     second.set_state(first.get_state(), min_version=58)
     assert second.get_weights()[0] == 58
+    second.set_state(first.get_state(), min_version=12)  # seen nothing past the checkpoint: its own
+    assert second.get_weights()[0] == 40
+    second.versions_from(30)  # a lower floor never takes the versions back
+    assert second.get_weights()[0] == 40
 
 
 # --- resuming with a saved replay (item 3) -------------------------------------------------------

@@ -105,6 +105,7 @@ def test_a_restarted_learner_starts_again_from_the_file_with_versions_past_every
         assert version == 0, "a restarted learner starts afresh: the driver moves its versions on"
         assert all(np.array_equal(a, b) for a, b in zip(weights, stock, strict=True))
         ray.get(learner.versions_from.remote(10))
+        ray.get(learner.versions_from.remote(4))  # a lower one never takes the versions back
         assert ray.get(learner.get_weights.remote())[0] == 10
     finally:
         ray.kill(learner)
@@ -150,9 +151,12 @@ def test_train_starts_from_a_stock_kerasrl_file(stock_file, tmp_path):
     out = tmp_path / "policy.h5"
     ok(run(tmp_path, "train", [ROOT / "train.py", "--steps", "160", "--warmup", "150", "--memory-limit", "1000",
                                "--init-weights", stock_file, "--output", out, "--run-dir", tmp_path / "run"]))
-    # two or three Adam steps of 2.5e-4 from the file's values: the file was loaded, then trained
-    for got, start in zip(h5_arrays(out), h5_arrays(stock_file), strict=True):
-        assert np.abs(got - start).max() < 2e-3
+    # two or three Adam steps of 2.5e-4 from the file's values: each moves a weight with a gradient
+    # by about the learning rate, so every layer moved by at least one step (trained) and no weight
+    # by more than a few (loaded: a fresh initialisation is 1e-2 to 1e-1 away from the file)
+    moved = [np.abs(got - start).max() for got, start in zip(h5_arrays(out), h5_arrays(stock_file), strict=True)]
+    assert len(moved) == 10
+    assert all(1e-4 < m < 2e-3 for m in moved), moved
 
 
 def test_train_refuses_another_network_and_writes_nothing(other_files, tmp_path):

@@ -12,7 +12,15 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from core.network import INPUT_SHAPE, auto_choice, build_q_network, q_function, resolve_precision, visible_gpu
+from core.network import (
+    INPUT_SHAPE,
+    auto_choice,
+    auto_precision,
+    build_q_network,
+    q_function,
+    resolve_precision,
+    visible_gpu,
+)
 from core.policy_file import (
     PolicyFileError,
     SnapshotWriter,
@@ -236,6 +244,25 @@ def test_acting_copy_keeps_bfloat16_weights_and_acts_bit_for_bit_alike(dueling):
     np.testing.assert_array_equal(q_function(acting)(states).numpy(), q_function(trained)(states).numpy())
     exact = build_q_network(4, dueling=dueling, acting=True)  # float32: acting changes nothing
     assert all(w.dtype == np.float32 for w in exact.get_weights())
+
+
+# /proc/cpuinfo flags lines of real CPUs, shortened to the flags around the ones that matter
+SKYLAKE_SP = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_vnni\n"
+ZEN4 = "flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni\nbugs\t\t: sysret_ss_attrs\n"
+SAPPHIRE_RAPIDS = ("flags\t\t: fpu avx2 avx512f avx_vnni avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8\n"
+                   "vmx flags\t: vnmi preemption_timer\n")
+
+
+def flags_of(cpuinfo: str) -> list[str]:
+    return next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split(":", 1)[1].split()
+
+
+def test_bfloat16_is_native_only_on_cpus_that_multiply_it():
+    """The rule on CPUs whose answer is known from their specifications (GPUs: tests/test_gpu.py)."""
+    assert auto_precision(None, flags_of(SKYLAKE_SP))[0] == "float32"  # AVX-512 without BF16: emulated, slower
+    assert auto_precision(None, flags_of(ZEN4)) == ("bfloat16", "CPU avx512_bf16")
+    assert auto_precision(None, flags_of(SAPPHIRE_RAPIDS)) == ("bfloat16", "CPU amx_bf16")
+    assert auto_precision(None, [])[0] == "float32"  # no /proc/cpuinfo
 
 
 def test_auto_precision_follows_the_hardware():
