@@ -133,8 +133,10 @@ def floor_stats(rows: list[dict]) -> dict | None:
 
 def verdict(group: dict, base: dict | None) -> str:
     """Against the baseline arm at the same budget and point: a win or loss only beyond the seeds' spread."""
-    if base is None or base is group:
+    if base is None:
         return ""
+    if base is group:
+        return "(baseline)"
     ratio = f"{group['mean'] / base['mean']:.2f}x" if base["mean"] > 0 else "n/a"
     if group["min"] > base["max"]:
         return f"{ratio}, wins (every seed above the baseline's best)"

@@ -94,7 +94,7 @@ def test_verdict_calls_a_win_or_loss_only_beyond_the_seeds_spread() -> None:
     assert ls.verdict({"mean": 20.0, "min": 12.5, "max": 25.0}, base).startswith("2.00x, wins")
     assert ls.verdict({"mean": 5.0, "min": 4.0, "max": 7.9}, base).startswith("0.50x, loses")
     assert ls.verdict({"mean": 14.0, "min": 11.0, "max": 16.0}, base) == "1.40x, within the spread"
-    assert ls.verdict(base, base) == "" and ls.verdict(base, None) == ""
+    assert ls.verdict(base, base) == "(baseline)" and ls.verdict(base, None) == ""
 
 
 @pytest.mark.parametrize("argv, message", [
