@@ -160,6 +160,7 @@ class Driver:
                 n = self.learner_asked = self.pacer.issue_learner_call()
                 learner_future = self.learner.train.remote(n, self.replay_instance) if n else None
             if not running and learner_future is None:
+                self.placement.poll(now_or_never=True)  # every explorer has played: say so if one waited
                 break
             pending = list(running) + ([learner_future] if learner_future is not None else [])
             ready, _ = ray.wait(pending, num_returns=1, timeout=0.5)

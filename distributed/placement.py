@@ -177,12 +177,13 @@ class ExplorerWatch:
         what = f"{self.explorer_cpus:g} CPU"
         return what + (f" and 1 '{self.cfg.explorer_resource}'" if self.cfg.explorer_resource else "")
 
-    def poll(self) -> None:
-        """Check, at most once a second, which watched explorers run now; say what needs saying."""
+    def poll(self, now_or_never: bool = False) -> None:
+        """Check, at most once a second (``now_or_never``: now, at the end of the loop), which watched
+        explorers run now; say what needs saying."""
         import ray
 
         now = self.clock()
-        if self.cfg.address is None or not self.pending or now - self.last_poll < 1.0:
+        if self.cfg.address is None or not self.pending or (now - self.last_poll < 1.0 and not now_or_never):
             return  # on one machine every explorer fits: Ray gets a CPU share for each
         self.last_poll = now
         ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
