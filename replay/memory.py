@@ -307,6 +307,19 @@ class ReplayMemory:
         whether the episode ended within the horizon (default ``terminals``), ``priorities``
         the raw |td| (prioritized replay only; default: the largest priority stored so far).
         """
+        leaves: list[tuple[np.ndarray, np.ndarray]] = []
+        try:
+            self._append(stream, frames, actions, rewards, terminals, new_segment, returns, horizons, dones,
+                         priorities, leaves)
+        finally:
+            self._commit(leaves)
+
+    def _append(self, stream: int, frames: Any, actions: Any, rewards: Any, terminals: Any, new_segment: bool,
+                returns: Any, horizons: Any, dones: Any, priorities: Any,
+                leaves: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """:meth:`add` without its sum-tree writes and size refresh: the new leaves go to ``leaves``
+        for :meth:`_commit`, so that a push of many chunks updates the tree once (a tree update costs
+        about the same for 50 leaves as for 400: one numpy pass per level)."""
         if not 0 <= stream < self.num_streams:
             raise ValueError(f"stream {stream} outside 0..{self.num_streams - 1}")
         frames = np.asarray(frames)
@@ -372,35 +385,41 @@ class ReplayMemory:
                 values = np.full(t_len, self._default_priority())
             values[after_terminal | unknown] = 0.0  # never a transition: never drawn
             values = values[skip:]
-            self._tree.update(base + (count + np.arange(skip, t_len)) % cap, values)
+            leaves.append((base + (count + np.arange(skip, t_len)) % cap, values))
             self._max_priority = max(self._max_priority, float(values.max()))
 
         new_count = count + t_len
         self._evicted += max(0, new_count - cap) - max(0, count - cap)
         self._count[stream] = new_count
         self._added += t_len
+
+    def _commit(self, leaves: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write the leaves :meth:`_append` left, in order, in one tree update (for a slot written twice
+        the later value wins, as it would one chunk at a time; every inner node is recomputed from
+        its final children either way, so the tree is the same to the bit), and refresh the sizes."""
+        if len(leaves) == 1:
+            self._tree.update(*leaves[0])
+        elif leaves:
+            self._tree.update(np.concatenate([i for i, _ in leaves]), np.concatenate([v for _, v in leaves]))
         self._refresh_sizes()
 
     def add_chunk(self, chunk: dict[str, Any]) -> None:
         """Add ``{"stream", "frames", "actions", "rewards", "terminals", "new_segment"}`` and the
         optional ``"returns", "horizons", "dones", "priorities"`` (see :meth:`add`)."""
-        self.add(
-            int(chunk["stream"]),
-            chunk["frames"],
-            chunk["actions"],
-            chunk["rewards"],
-            chunk["terminals"],
-            bool(chunk.get("new_segment", False)),
-            returns=chunk.get("returns"),
-            horizons=chunk.get("horizons"),
-            dones=chunk.get("dones"),
-            priorities=chunk.get("priorities"),
-        )
+        self.add_chunks([chunk])
 
     def add_chunks(self, chunks: list[dict[str, Any]]) -> None:
-        """Add several chunks in order (the unit one actor pushes per Ray call)."""
-        for chunk in chunks:
-            self.add_chunk(chunk)
+        """Add several chunks in order (the unit one actor pushes per Ray call): the same as
+        :meth:`add_chunk` on each in turn, with one sum-tree update for all of them. A chunk that
+        raises leaves the ones before it added, as one at a time would."""
+        leaves: list[tuple[np.ndarray, np.ndarray]] = []
+        try:
+            for chunk in chunks:
+                self._append(int(chunk["stream"]), chunk["frames"], chunk["actions"], chunk["rewards"],
+                             chunk["terminals"], bool(chunk.get("new_segment", False)), chunk.get("returns"),
+                             chunk.get("horizons"), chunk.get("dones"), chunk.get("priorities"), leaves)
+        finally:
+            self._commit(leaves)
 
     def _refresh_sizes(self) -> None:
         self._sizes = np.minimum(self._count, self.capacity_per_stream)
