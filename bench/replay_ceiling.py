@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="emulator streams per row, multiples of --envs-per-actor (default: %(default)s)")
     p.add_argument("--stream-rate", type=float, default=250.0,
                    help="agent steps/s each stream offers (> 0; default: %(default)s: 256 streams offer 64,000)")
-    p.add_argument("--learner-rate", type=float, default=APEX_BATCHES,
+    p.add_argument("--learner-rate", type=float, default=APEX_BATCHES + 1,
                    help="batches/s the learner client asks for while the writers push (> 0; default: "
-                        "%(default)s, Ape-X's)")
+                        "%(default)s, one more than Ape-X's 19, so that serving >= 19 is measured)")
     p.add_argument("--batch", type=int, default=512, help="transitions per batch (default: %(default)s)")
     p.add_argument("--capacity", type=int, default=250_000,
                    help="replay capacity in transitions, filled before the first row (about 7 KB each; "

@@ -165,6 +165,42 @@ def test_the_record_covers_the_paths_it_pins() -> None:
     assert c["evicted"] > c["capacity"]  # the rings wrapped more than once
 
 
+def test_one_push_of_many_chunks_equals_the_chunks_one_at_a_time() -> None:
+    """add_chunks writes the sum tree once per push: the tree (inner nodes included) and every array
+    must equal adding the same chunks one by one, also when a push writes a slot twice (two chunks
+    of one stream wrapping its ring) and when a bad chunk stops a push halfway."""
+    rng = np.random.default_rng(4)
+    cfg = Config(num_actors=1, n_step=3, prioritized=True)
+    pusher = Pusher(rng, 3, (6, 6), cfg)
+    pushes = [pusher.chunks([0, 1, 2], int(rng.integers(5, 30))) for _ in range(30)]
+    first = pushes[-1][0]
+    assert first["stream"] == 0
+    pushes.append(pushes[-1] + [first] * (60 // len(first["frames"]) + 1))  # stream 0's ring (60) wraps in one push
+    together = ReplayMemory(180, 3, frame_shape=(6, 6), seed=1, n_step=3, priority_alpha=0.6)
+    apart = ReplayMemory(180, 3, frame_shape=(6, 6), seed=1, n_step=3, priority_alpha=0.6)
+    bad = dict(pushes[0][0], horizons=np.full(len(pushes[0][0]["frames"]), 9, np.uint8))
+    for i, push in enumerate(pushes):
+        if i == 20:
+            push = [*push[:2], bad, *push[2:]]
+        try:
+            together.add_chunks(push)
+        except ValueError:
+            assert i == 20
+        for chunk in push:
+            try:
+                apart.add_chunk(chunk)
+            except ValueError:
+                assert chunk is bad
+                break
+        np.testing.assert_array_equal(together._tree._tree, apart._tree._tree)
+    a, b = together.state_dict(), apart.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert together.counters()["evicted"] > 0
+    assert together.priority_total > 0 and together.sample(64).indices.tolist() == apart.sample(64).indices.tolist()
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: tests/test_replay_pinned.py --write   (re-records the pinned outputs)")
