@@ -122,7 +122,8 @@ class SyntheticExplorers:
                     latencies.append((t, t - sent))
             else:
                 time.sleep(timeout)
-        ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
+        if inflight:
+            ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
         return {"steps": done_steps, "latencies": latencies, "cpu_s": time.process_time() - c0}
 
 
@@ -272,11 +273,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the replay to core 0 and everything else to the other cores")
     args = common.parse(p, argv)
-    levels = [int(s) for s in args.streams.split(",")]
-    if any(n < args.envs_per_actor or n % args.envs_per_actor for n in levels) or args.stream_rate <= 0 \
-            or args.learner_rate <= 0 or args.writers < 1 or args.capacity < 16 * max(levels):
-        sys.exit("error: --streams must be multiples of --envs-per-actor, --stream-rate, --learner-rate and "
-                 "--writers positive, --capacity at least 16 per stream")
+    try:
+        levels = [int(s) for s in args.streams.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or any(n < args.envs_per_actor or n % args.envs_per_actor for n in levels) \
+            or min(args.stream_rate, args.learner_rate, args.batch, args.writers, args.seconds) <= 0 \
+            or args.warmup < 0 or args.capacity < 16 * max(levels):
+        sys.exit("error: --streams must be a comma-separated list of multiples of --envs-per-actor; --stream-rate, "
+                 "--learner-rate, --batch, --writers and --seconds positive; --capacity at least 16 per stream")
 
     cfg = apply_preset(Config(num_actors=max(levels) // args.envs_per_actor, envs_per_actor=args.envs_per_actor,
                               weight_sync_every=args.weight_sync_every, seed=args.seed), set())
