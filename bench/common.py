@@ -313,9 +313,10 @@ def write_json(path: str | None, data: dict) -> None:
     print(f"results written to {p}")
 
 
-ROLES = (("ray::Learner", "learner"), ("ray::ReplayServer", "replay"), ("ray::Explorer", "explorers"),
-         ("ray::Evaluator", "evaluator"), ("launch.py", "driver"), ("raylet", "Ray (raylet, GCS, ...)"),
-         ("gcs_server", "Ray (raylet, GCS, ...)"))
+ROLES = (("ray::LearnerClient", "learner client"), ("ray::SyntheticExplorers", "writers"),  # bench/replay_ceiling
+         ("replay_ceiling.py", "driver"), ("ray::Learner", "learner"), ("ray::ReplayServer", "replay"),
+         ("ray::Explorer", "explorers"), ("ray::Evaluator", "evaluator"), ("launch.py", "driver"),
+         ("raylet", "Ray (raylet, GCS, ...)"), ("gcs_server", "Ray (raylet, GCS, ...)"))
 
 
 def _cpu_seconds(pid: int) -> float:
