@@ -1,7 +1,11 @@
 """Distributed DQN on Ray: explorer actors, a replay-memory actor and a learner, wired by one driver.
 
     python launch.py                                   # a fresh local Ray on this machine
-    python launch.py --address auto --explorer-resource explorer --num-actors 64   # a Ray cluster (cluster.yaml)
+    # a Ray cluster (cluster.yaml: an AMX head, one 16-vCPU worker):
+    python launch.py --address auto --explorer-resource explorer --num-actors 16 --samples-per-insert 1 --batch-size 512
+
+On that cluster the head's learner sets the pace: ratio 1 and batch 512 keep its 16 explorers busy
+(docs/scaling.md); on one machine the apex preset's ratio 8 stays the default.
 
 Data flows one way: explorers -> replay -> learner; only weights flow back (through Ray's object
 store). The driver (this process) keeps the replay ratio, shows progress, logs, and writes

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                             "head_reserved", "worker_explorers", "envs")}}
     shapes = c5_shapes(args)
     here = local_shape(inp, 1, args.envs, int(inp.machine["cores"]), _precision("auto", inp.machine))
-    print("\nPredictions at the shipped defaults (apex preset: ratio 8, batch 32 per 4 explorers, 512 at most); "
+    print("\nPredictions at launch.py's defaults (apex preset: ratio 8, batch 32 per 4 explorers, 512 at most); "
           "ceilings in agent steps/s; 'needed' = learner updates/s that would keep every explorer busy:")
     header(["shape", "explorers", "batch", "learner", "explorers", "replay", "agent steps/s", "updates/s",
             "bottleneck", "needed upd/s"])

@@ -60,6 +60,18 @@ def test_aws_config_puts_explorers_on_workers_only() -> None:
     assert config["provider"].get("cache_stopped_nodes") is False, "ray down must terminate, not stop"
 
 
+def test_the_documented_command_fills_the_aws_cluster_exactly() -> None:
+    """The `ray submit` line of cluster.yaml's header asks for as many explorers as its workers can
+    hold: more would wait forever, fewer leave a paid worker's vCPUs idle."""
+    header = "\n".join(line for line in (ROOT / "cluster.yaml").read_text().splitlines() if line.startswith("#"))
+    asked = [int(n) for n in re.findall(r"--num-actors (\d+)", header)]
+    config = _prepared(_load("cluster.yaml"))
+    workers = [v for k, v in config["available_node_types"].items() if k != config["head_node_type"]]
+    assert len(workers) == 1, "one worker type: the capacity below is its count times its units"
+    capacity = min(config["max_workers"], workers[0]["max_workers"]) * workers[0]["resources"]["explorer"]
+    assert asked == [capacity], (asked, capacity)
+
+
 def test_local_config_declares_explorers_on_workers_only() -> None:
     config = _prepared(_load("cluster-local.yaml"))
     assert not any("explorer" in c for c in config["head_start_ray_commands"])

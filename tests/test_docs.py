@@ -182,7 +182,8 @@ def test_there_are_shell_blocks_and_commands_to_check() -> None:
     assert {"README.md", "cluster.md"} <= {b.page for b in found}
     calls = [c for b in found for tokens in commands(b.body) for c in script_calls(tokens)]
     assert {script for script, _ in calls} == set(PARSERS)
-    assert ("launch.py", ["--address", "auto", "--explorer-resource", "explorer", "--num-actors", "64"]) in calls
+    assert ("launch.py", ["--address", "auto", "--explorer-resource", "explorer", "--num-actors", "16",
+                          "--samples-per-insert", "1", "--batch-size", "512"]) in calls
 
 
 def test_the_checks_catch_a_wrong_flag_and_a_wrong_value() -> None:
