@@ -133,6 +133,7 @@ def test_train_snapshots(trained_dueling):
     with open(run_dir / "snapshots.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["file", "env_steps", "learner_steps", "wall_seconds", "point_minutes"]
+    assert all(r[4] == "" for r in rows[1:])  # train.py takes no timed snapshots
     assert [r[0] for r in rows[1:]] == [f"snapshots/policy-{s:09d}.h5" for s in (100, 200, 300)]
     assert [int(r[1]) for r in rows[1:]] == [100, 200, 300]
     learner = [int(r[2]) for r in rows[1:]]
