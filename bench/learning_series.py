@@ -30,7 +30,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -299,14 +298,14 @@ def measure_floor(args: argparse.Namespace, path: Path) -> None:
     probe = make_env("Breakout", training=False)
     n_actions = int(probe.action_space.n)
     probe.close()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in (s for s in range(args.seeds) if s not in done):
-            tf.keras.utils.set_random_seed(seed)
-            weights = save_policy(build_q_network(n_actions), Path(tmp) / f"untrained-{seed}.h5")
-            row = {"seed": seed, **evaluate(weights, "Breakout", args.games), **provenance()}
-            append_rows(path, [row], FLOOR_COLUMNS)
-            print(f"untrained seed {seed}: mean {row['eval_mean']:.2f} [{row['eval_min']:g}..{row['eval_max']:g}]",
-                  flush=True)
+    keep = Path(args.work) / "floor"  # the networks stay, for play.py (docs/learning.md, "The untrained floor")
+    for seed in (s for s in range(args.seeds) if s not in done):
+        tf.keras.utils.set_random_seed(seed)
+        weights = save_policy(build_q_network(n_actions), keep / f"untrained-{seed}.h5")
+        row = {"seed": seed, **evaluate(weights, "Breakout", args.games), **provenance()}
+        append_rows(path, [row], FLOOR_COLUMNS)
+        print(f"untrained seed {seed}: mean {row['eval_mean']:.2f} [{row['eval_min']:g}..{row['eval_max']:g}]"
+              f" ({weights})", flush=True)
 
 
 def report(args: argparse.Namespace, runs: Path, floor_path: Path) -> None:
