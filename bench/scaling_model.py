@@ -342,6 +342,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(row([s.name, str(s.explorers), str(c["batch"]), *(_fmt(c["ceilings"][k]) for k in
                                                               ("learner", "explorers", "replay")),
                    _fmt(c["agent_steps_per_s"]), _upd(c), neck, f"{need:,.0f}"]))
+    print(f"\n`./dqn launch` with its defaults on one machine of N cores like this one's ({here.precision} learner, "
+          "N - 1 explorers, the apex preset's batch for them, ratio 8):")
+    header(["cores", "explorers", "batch", "learner threads", "agent steps/s", "updates/s", "bottleneck",
+            "hours per 1M agent steps"])
+    result["local_defaults"] = []
+    for cores in (2, 4, 8, 16):
+        s = local_shape(inp, cores - 1, args.envs, cores, here.precision)
+        c = ceilings(inp, s, apex_batch(cores - 1), 8.0)
+        result["local_defaults"].append({"cores": cores, "learner_threads": s.learner_cores, **c})
+        print(row([str(cores), str(cores - 1), str(c["batch"]), f"{s.learner_cores:g}", _fmt(c["agent_steps_per_s"]),
+                   _upd(c), c["bottleneck"], f"{1e6 / c['agent_steps_per_s'] / 3600:.1f}"]))
     print("\nEach shape at each replay ratio, with the batch (<= 512) that gives the most agent steps/s:")
     header(["shape", "ratio", "batch", "agent steps/s", "updates/s", "bottleneck", "explorers busy"])
     for s, r in zip(shapes, result["shapes"], strict=True):
