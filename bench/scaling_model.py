@@ -85,16 +85,29 @@ class Inputs:
 
     def updates(self, batch: int, precision: str, threads: float) -> float:
         """Learner updates/s with ``threads`` cores of this machine's speed (Amdahl beyond 2)."""
-        if (batch, precision, 1) not in self.learner:
-            raise SystemExit(f"error: no 1-thread learner figure for batch {batch}, {precision}; run "
-                             "bench/learner.py --threads 1 with that batch and precision (docs/scaling.md)")
-        u1 = self.learner[(batch, precision, 1)][0]
-        u2 = self.learner.get((batch, precision, 2), (u1, 0.0))[0]
+        u1 = self._measured(batch, precision, 1)
+        if u1 is None:
+            raise SystemExit(f"error: no 1-thread learner figure for {precision}; run bench/learner.py --threads 1 "
+                             "with that precision (docs/scaling.md)")
+        u2 = self._measured(batch, precision, 2) or u1
         serial = min(1.0, max(0.0, 2 * u1 / u2 - 1))  # from u2 = u1 / (s + (1 - s) / 2)
         if self.serial is not None:
             serial = self.serial
         t = max(1.0, threads)
         return u1 / (serial + (1 - serial) / t)
+
+    def _measured(self, batch: int, precision: str, threads: int) -> float | None:
+        """Updates/s measured at ``batch``; between two measured batches, the seconds per update
+        interpolated linearly (an update's cost is about linear in the batch); None when unmeasured."""
+        got = sorted((b, u) for (b, pr, t), (u, _) in self.learner.items() if pr == precision and t == threads)
+        if not got:
+            return None
+        below = [(b, u) for b, u in got if b <= batch] or got[:1]
+        above = [(b, u) for b, u in got if b >= batch] or got[-1:]
+        (b0, u0), (b1, u1) = below[-1], above[0]
+        if b0 == b1:
+            return u0
+        return 1.0 / (1 / u0 + (1 / u1 - 1 / u0) * (batch - b0) / (b1 - b0))
 
     def sample_seconds(self, batch: int) -> float:
         """Replay seconds per sampled batch: linear in the batch between (and beyond) measured sizes."""
@@ -258,8 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="bench/actor.py JSON (default: %(default)s)")
     p.add_argument("--learner", default=f"{BENCH / 'scaling_learner_t1.json'},{BENCH / 'scaling_learner_t2.json'}",
                    help="bench/learner.py JSONs, comma-separated, one per --threads (default: %(default)s)")
-    p.add_argument("--replay", default=str(BENCH / "scaling_replay.json"),
-                   help="replay cost JSON (default: %(default)s)")
+    p.add_argument("--replay", default=str(BENCH / "replay_ceiling.json"),
+                   help="the replay's costs: bench/replay_ceiling.py's JSON (the many-writer ceiling) or a JSON of the "
+                        "costs themselves, like scaling_replay.json (one caller) (default: %(default)s)")
     p.add_argument("--gpu", default="", help="bench/learner.py JSON measured on a GPU (default: none, not measured)")
     runs = ",".join(str(BENCH / f"scaling_e2e{x}.json") for x in ("", "_1x8", "_cluster"))
     p.add_argument("--validate", default=runs,
