@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,3 +97,28 @@ def stock_kerasrl(paths: list[Path], cwd: Path, *args: str) -> dict[str, dict[st
         assert found[str(path)]["weight_abs_sum"] == pytest.approx(h5_abs_sum(path), rel=1e-6)
         assert 0 < found[str(path)]["steps"] <= 300
     return found
+
+
+def kill_processes_under(path: str) -> None:
+    """Kill what is left of a test's own Ray: only processes naming our own temp folder."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if path in args and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_with_private_ray(argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
+                         prefix: str) -> subprocess.CompletedProcess:
+    """Run ``argv`` with a Ray temp folder of its own (RAY_TMPDIR; short: Ray's socket paths must stay
+    under 108 bytes), then kill every process still naming that folder and remove it."""
+    ray_tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        return subprocess.run(argv, cwd=cwd, env=dict(env, RAY_TMPDIR=ray_tmp), capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        kill_processes_under(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

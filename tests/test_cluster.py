@@ -8,16 +8,15 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from procs import run_with_private_ray
 
 import kerasrl_compat
 from distributed import raystart
@@ -238,37 +237,25 @@ def test_a_shipped_job_needs_an_absolute_run_dir(tmp_path: Path) -> None:
     assert out.returncode == 2 and "absolute --run-dir" in out.stderr and "Traceback" not in out.stderr
 
 
-def _kill_processes_under(path: str) -> None:
-    """Kill what is left of the test cluster: only processes naming our own temp folder."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if path in args and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+def _driver_report(argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
+                   prefix: str) -> tuple[dict, str]:
+    """Run a tests/*_driver.py script with a Ray of its own: its REPORT line, parsed, and its stdout."""
+    out = run_with_private_ray(argv, env, cwd, timeout, prefix)
+    reports = [line[len("REPORT "):] for line in out.stdout.splitlines() if line.startswith("REPORT ")]
+    assert out.returncode == 0 and reports, (out.stdout[-3000:], out.stderr[-3000:])
+    return json.loads(reports[0]), out.stdout
 
 
 def test_multi_node_run_survives_losing_a_worker_node(tmp_path: Path) -> None:
     """A head and three worker nodes on this machine, token auth on; launch.py joins by address with
     --explorer-resource: the 2 explorers play on distinct workers, one worker is killed mid-run, its
     explorer comes back on the spare worker, and the run completes with a valid policy.h5."""
-    ray_tmp = tempfile.mkdtemp(prefix="dqnc")  # short: Ray's socket paths must stay under 108 bytes
     run_dir = tmp_path / "run"
-    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     for leak in ("PYTHONPATH", "RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
         env.pop(leak, None)  # no PYTHONPATH: the nodes can import the project only from the shipped code
-    try:
-        out = subprocess.run([sys.executable, str(ROOT / "tests/multinode_driver.py"), str(run_dir)], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        _kill_processes_under(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    reports = [line[len("REPORT "):] for line in out.stdout.splitlines() if line.startswith("REPORT ")]
-    assert out.returncode == 0 and reports, (out.stdout[-3000:], out.stderr[-3000:])
-    r = json.loads(reports[0])
+    r, _ = _driver_report([sys.executable, str(ROOT / "tests/multinode_driver.py"), str(run_dir)], env, tmp_path,
+                          300, "dqnc")
     head, workers = r["head"], set(r["workers"])
 
     assert r["rc"] == 0 and r["env_steps"] == 3000
@@ -300,19 +287,11 @@ def test_placement_on_a_cluster_shaped_like_cluster_yaml(tmp_path: Path) -> None
     `explorer`, the learner runs on the head with its CPUs less the replay's and the driver's (no
     evaluator in this run), the third explorer is announced as waiting, and it plays once the second
     worker joins."""
-    ray_tmp = tempfile.mkdtemp(prefix="dqnp")
-    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, RAY_AUTH_MODE="disabled")
     for leak in ("PYTHONPATH", "RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
         env.pop(leak, None)
-    try:
-        out = subprocess.run([sys.executable, str(ROOT / "tests/placement_driver.py"), str(tmp_path)], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=400)
-    finally:
-        _kill_processes_under(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    reports = [line[len("REPORT "):] for line in out.stdout.splitlines() if line.startswith("REPORT ")]
-    assert out.returncode == 0 and reports, (out.stdout[-3000:], out.stderr[-3000:])
-    r = json.loads(reports[0])
+    r, stdout = _driver_report([sys.executable, str(ROOT / "tests/placement_driver.py"), str(tmp_path)], env,
+                               tmp_path, 400, "dqnp")
     head, first, second = r["head"], r["first_worker"], r["second_worker"]
 
     # the memory check: one line, exit 2, nothing written
@@ -326,14 +305,14 @@ def test_placement_on_a_cluster_shaped_like_cluster_yaml(tmp_path: Path) -> None
     expected_threads = 16 - 1 - 1
     assert r["learner"]["node"] == head
     assert r["learner"]["env_threads"] == str(expected_threads)
-    assert f"{expected_threads} TensorFlow thread(s) on node" in out.stdout and head[:8] in out.stdout
+    assert f"{expected_threads} TensorFlow thread(s) on node" in stdout and head[:8] in stdout
     # every explorer on a worker, 1 CPU and 1 explorer each; at most 2 on the first worker
     nodes = {p["explorer"]: p["node"] for p in r["placements"]}
     assert set(nodes) == {0, 1, 2} and set(nodes.values()) <= {first, second}
     assert list(nodes.values()).count(first) == 2
     assert all(p["reserved"] == {"CPU": 1.0, "explorer": 1.0} for p in r["placements"])
     # the third explorer was announced as waiting for a node, and played once the second worker joined
-    waiting = [line for line in out.stdout.splitlines() if line.startswith("waiting for nodes:")]
+    waiting = [line for line in stdout.splitlines() if line.startswith("waiting for nodes:")]
     assert waiting and "1 of 3 explorer(s) not placed" in waiting[0] and "0 'explorer'" in waiting[0], waiting
     assert any(p["node"] == second and p["after_second_worker"] for p in r["placements"])
-    assert "explorers placed: all 3 run" in out.stdout
+    assert "explorers placed: all 3 run" in stdout

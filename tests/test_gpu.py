@@ -11,11 +11,11 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import run_with_private_ray
 
 import kerasrl_compat
 from config import Config
@@ -200,18 +200,10 @@ def test_a_learner_whose_tensorflow_sees_no_gpu_is_refused(tmp_path: Path) -> No
     """Ray has a GPU (a fake one) and gives it to the learner, but TensorFlow there finds none (here:
     no GPU at all; on a GPU node: no CUDA libraries): one line saying how to install them, exit 2, and
     neither config.json nor a network written (the driver had only opened its logs)."""
-    from test_cluster import _kill_processes_under  # the cluster test's cleanup: our temp folder's processes
-
-    ray_tmp = tempfile.mkdtemp(prefix="dqng")  # short: Ray's socket paths must stay under 108 bytes
-    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp,
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = dict(os.environ, **kerasrl_compat.PROCESS_ENV, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
-    try:
-        out = subprocess.run([sys.executable, "-c", GPU_REFUSAL, str(tmp_path / "run")], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300)
-    finally:
-        _kill_processes_under(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = run_with_private_ray([sys.executable, "-c", GPU_REFUSAL, str(tmp_path / "run")], env, tmp_path, 300, "dqng")
     assert "RC 2" in out.stdout, (out.stdout[-2000:], out.stderr[-3000:])
     errors = [line for line in out.stderr.splitlines() if line.startswith("launch.py: error:")]
     assert errors == ["launch.py: error: --learner-gpus 1: TensorFlow in the learner sees no GPU (no CUDA "
