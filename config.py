@@ -318,7 +318,8 @@ class Config:
     snapshot_every: int = flag(0, "keep a copy of the network every N agent steps in RUN_DIR/snapshots/ with "
                                "RUN_DIR/snapshots.csv (0: off)", low=0)
     snapshot_minutes: str | None = flag(None, "also keep a copy of the network at these minutes of wall clock, "
-                                        "counted from the launch.py process start (a --resume counts afresh): "
+                                        "counted from the launch.py process start (a --resume goes on from the wall "
+                                        "clock its checkpoint had run; points before it were kept then): "
                                         "comma-separated, increasing, > 0, e.g. 5,10,20,40,60; the first moment "
                                         "past each point, in RUN_DIR/snapshots/ with a row in RUN_DIR/snapshots.csv "
                                         "whose point_minutes names the point (unset: off)")

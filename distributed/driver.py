@@ -104,13 +104,18 @@ class Driver:
         best = best_evaluation(run_dir)  # best-policy.h5's score, even from an evaluation past the checkpoint
         if resume:
             self.trim_past_checkpoint(state["env_steps"])
-        self.log = RunLog(cfg, run_dir, games=state.get("games", 0), resumed_at=state["env_steps"] if resume else None)
+        # wall-clock columns and --snapshot-minutes count from this process's start; a resumed run's from
+        # that moved back by the wall clock its checkpoint had run (the stretch past it is played again)
+        ran = float(state.get("wall_seconds", 0.0))
+        self.origin = self.clock_origin() - ran
+        self.log = RunLog(cfg, run_dir, games=state.get("games", 0), resumed_at=state["env_steps"] if resume else None,
+                          updates=int(learner_state["steps"]) if learner_state else 0, start=self.origin)
         self.saved = Saved(run_dir, int(learner_state["steps"]) if learner_state else None)
         self.evaluations = Evaluations(cfg, self.evaluator, self.log, self.export_model, run_dir,
                                        next_eval=state.get("next_eval", cfg.eval_every), saved=self.saved, best=best)
-        self.origin = self.clock_origin()
-        # --snapshot-minutes as time.monotonic() deadlines, the next first: one float compare per loop
-        self.points = [(self.origin + 60 * m, m) for m in cfg.snapshot_points]
+        # --snapshot-minutes as time.monotonic() deadlines, the next first: one float compare per loop;
+        # a resumed run's points before its checkpoint were written then
+        self.points = [(self.origin + 60 * m, m) for m in cfg.snapshot_points if 60 * m > ran]
         self.snapshots = SnapshotWriter(run_dir, start=self.origin) if cfg.snapshot_every or self.points else None
         self.next_snapshot = state.get("next_snapshot", cfg.snapshot_every)
         self._issued: dict[Any, int] = {}  # explorer run futures -> the steps they were asked for
@@ -232,7 +237,7 @@ class Driver:
             self.next_snapshot = (self.env_steps // self.cfg.snapshot_every + 1) * self.cfg.snapshot_every
 
     def clock_origin(self) -> float:
-        """The ``time.monotonic()`` at which this process started: --snapshot-minutes count from it."""
+        """The ``time.monotonic()`` at which this process started."""
         return time.monotonic() - process_age()
 
     def timed_snapshots(self, now: float) -> None:
@@ -363,6 +368,7 @@ class Driver:
             "n_actions": self.n_actions,
             "game": self.cfg.game,
             "refill_from": list(self.pacer.refill_from),
+            "wall_seconds": round(time.monotonic() - self.origin, 1),
         }
 
     def checkpoint(self) -> Path:

@@ -28,7 +28,11 @@ from core.atomic import write_atomically
 class RunLog:
     """Progress lines, TensorBoard scalars, metrics.jsonl and episodes.csv of one run."""
 
-    def __init__(self, cfg: Config, run_dir: Path, games: int = 0, resumed_at: int | None = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, games: int = 0, resumed_at: int | None = None,
+                 updates: int = 0, start: float | None = None) -> None:
+        """``start``: the ``time.monotonic()`` that wall_seconds count from (a resumed run's is moved back by
+        the wall clock its checkpoint had run, so the columns go on from there); ``resumed_at`` and
+        ``updates``: the counts a resumed run starts at, so that its first rates count from them."""
         tf = kerasrl_compat.load_tensorflow()
 
         self.cfg = cfg
@@ -53,8 +57,8 @@ class RunLog:
         self.last_eval: float | None = None
         self.last_eval_version: int | None = None
         self.scores: deque[float] = deque(maxlen=100)
-        self.start = time.monotonic()
-        self.last = (self.start, 0, 0)
+        self.start = time.monotonic() if start is None else start
+        self.last = (time.monotonic(), resumed_at or 0, updates)
         self.games = games
 
     def _discard_tensorboard_past(self, env_steps: int) -> None:

@@ -319,7 +319,7 @@ def crashed_and_resumed(ray_address: str, tmp_path_factory: pytest.TempPathFacto
                              env=JOIN_ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return {"run": run, "out": resumed.stdout, "learner_steps": int(learner_state["steps"]),
-            "env_steps": driver_state["env_steps"], "before": before}
+            "env_steps": driver_state["env_steps"], "wall_seconds": driver_state["wall_seconds"], "before": before}
 
 
 def test_a_resume_with_the_saved_replay_goes_on_at_the_replay_ratio_without_a_burst(crashed_and_resumed) -> None:
@@ -371,3 +371,33 @@ def test_a_resume_drops_what_the_crashed_run_wrote_past_its_checkpoint(crashed_a
         steps = [e.step for e in events.Tensors(tag)]
         assert steps == sorted(steps), f"TensorBoard's {tag} goes back in agent steps"
     assert len(events.Tensors("episodic_return")) == games
+
+
+def test_a_resume_goes_on_with_the_wall_clock_of_its_checkpoint(crashed_and_resumed) -> None:
+    """Wall-clock columns used to start again from 0 after a resume: every file now goes forward in
+    time as in agent steps, the resumed rows from the wall clock the checkpoint had run."""
+    run, env0, wall0 = crashed_and_resumed["run"], crashed_and_resumed["env_steps"], crashed_and_resumed["wall_seconds"]
+    assert wall0 > 0
+    for name in ("episodes.csv", "evaluations.csv", "snapshots.csv", "metrics.jsonl"):
+        rows = _rows(run / name)
+        walls = [float(row["wall_seconds"]) for row in rows]
+        assert walls == sorted(walls), f"{name} goes back in wall clock: {walls}"
+        key = "env_steps" if name in ("metrics.jsonl", "snapshots.csv") else "env_step"
+        resumed = [float(row["wall_seconds"]) for row in rows if int(float(row[key])) > env0]
+        assert resumed and min(resumed) >= wall0, (name, wall0, resumed[:3])
+
+
+def test_the_first_rates_after_a_resume_count_from_its_counts(tmp_path: Path) -> None:
+    """A resumed run's first progress line divided all the checkpoint's agent steps and updates by
+    its first seconds (thousands of steps/s for an ordinary run); the rates count from the resume's counts."""
+    import time
+
+    from config import Config
+    from distributed.runlog import RunLog
+
+    log = RunLog(Config(), tmp_path, resumed_at=100_000, updates=20_000)
+    time.sleep(0.5)
+    log.progress(100_050, 20_010, 1_000, {}, 0.1, None)
+    log.close()
+    record = _rows(tmp_path / "metrics.jsonl")[-1]
+    assert 0 < record["env_steps_per_s"] <= 100 and 0 < record["learner_steps_per_s"] <= 20, record
