@@ -9,6 +9,7 @@ its work (explorer), refills the replay (replay), or restores the last checkpoin
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -101,7 +102,9 @@ class Driver:
         self.placement = placement.ExplorerWatch(cfg, self.explorers, self.actors.learner_plan.explorer_cpus)
         self.pacer = Pacer(cfg, env_steps=state.get("env_steps", 0),
                            updates_done=int(learner_state["steps"]) if learner_state else 0)
-        best = best_evaluation(run_dir)  # best-policy.h5's score, even from an evaluation past the checkpoint
+        # best-policy.h5's score, even from an evaluation past the checkpoint (read before the trim drops its
+        # row) or one a resume before this trimmed (the checkpoint keeps it)
+        best = max(best_evaluation(run_dir), state.get("best_eval") or -math.inf)
         if resume:
             self.trim_past_checkpoint(state["env_steps"])
         # wall-clock columns and --snapshot-minutes count from this process's start; a resumed run's from
@@ -369,6 +372,7 @@ class Driver:
             "game": self.cfg.game,
             "refill_from": list(self.pacer.refill_from),
             "wall_seconds": round(time.monotonic() - self.origin, 1),
+            "best_eval": self.evaluations.best if math.isfinite(self.evaluations.best) else None,
         }
 
     def checkpoint(self) -> Path:

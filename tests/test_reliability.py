@@ -401,3 +401,15 @@ def test_the_first_rates_after_a_resume_count_from_its_counts(tmp_path: Path) ->
     log.close()
     record = _rows(tmp_path / "metrics.jsonl")[-1]
     assert 0 < record["env_steps_per_s"] <= 100 and 0 < record["learner_steps_per_s"] <= 20, record
+
+
+def test_the_checkpoint_keeps_best_policy_scores_for_the_next_resume(crashed_and_resumed) -> None:
+    """best-policy.h5's score survived one resume (read before the trim) but not a second once its
+    evaluations.csv row was trimmed: the checkpoint now carries it."""
+    from distributed.checkpoint import load_checkpoint
+
+    run = crashed_and_resumed["run"]
+    state = load_checkpoint(run)[1]
+    evaluated = [float(row["mean"]) for row in _rows(run / "evaluations.csv")
+                 if int(row["env_step"]) <= state["env_steps"]]
+    assert evaluated and state["best_eval"] is not None and state["best_eval"] >= max(evaluated)
