@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -44,6 +46,20 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextmanager
+def _sigkilled_after(proc: subprocess.Popen, output: Callable[[], str]) -> Iterator[None]:
+    """Run the block while ``proc`` (a launch.py) works, then SIGKILL it, as a crash would; it must
+    still be running then. Whatever the block raises, the process does not outlive the test."""
+    try:
+        yield
+        assert proc.poll() is None, output()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: str, tmp_path: Path) -> None:
     from distributed.checkpoint import load_checkpoint
 
@@ -51,14 +67,8 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     args = [*TINY, "--total-env-steps", "6000", "--checkpoint-every", "20", "--export-every", "20",
             "--address", ray_address, "--run-dir", str(run)]
     proc = _launch(args)
-    try:
+    with _sigkilled_after(proc, proc.stdout.read):
         _wait_for(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, 240, "a first checkpoint")
-        assert proc.poll() is None, proc.stdout.read()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     learner_state, driver_state = load_checkpoint(run)
     assert 0 < driver_state["env_steps"] < 6000
     assert learner_state["steps"] >= 20 and driver_state["updates_done"] == learner_state["steps"]
@@ -294,7 +304,7 @@ def crashed_and_resumed(ray_address: str, tmp_path_factory: pytest.TempPathFacto
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *RESUME_RUN, "--address", ray_address,
                                  "--run-dir", str(run)], env=JOIN_ENV, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with _sigkilled_after(proc, lambda: log.read_text()[-3000:]):
         _wait_for(lambda: any(r["learner_steps"] >= 8 for r in _rows(run / "metrics.jsonl")) or proc.poll() is not None,
                   300, "learning to start")
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -306,12 +316,6 @@ def crashed_and_resumed(ray_address: str, tmp_path_factory: pytest.TempPathFacto
         at = checkpoint()["env_steps"]
         _wait_for(lambda: max(_env_steps(run / "metrics.jsonl")) > at + 400 or proc.poll() is not None, 300,
                   "rows past the checkpoint")
-        assert proc.poll() is None, log.read_text()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     learner_state, driver_state = load_checkpoint(run)
     names = ("episodes.csv", "evaluations.csv", "snapshots.csv", "metrics.jsonl")
     before = {name: _env_steps(run / name) for name in names}
