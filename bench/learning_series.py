@@ -144,6 +144,24 @@ def verdict(group: dict, base: dict | None) -> str:
     return f"{ratio}, within the spread"
 
 
+def at_equal_steps(group: dict, baseline: list[dict], floor: dict | None) -> str:
+    """The arm's mean against the baseline's at the same agent steps (issue 21's "no worse per agent
+    step"): the baseline's points of every budget, sorted by agent steps and joined by straight lines
+    from the untrained floor at step 0, read at the arm's agent steps."""
+    if not baseline:
+        return ""
+    if group["arm"] == baseline[0]["arm"]:
+        return "(baseline)"
+    curve = [(0.0, floor["mean"] if floor else 0.0), *sorted((g["env_steps"], g["mean"]) for g in baseline)]
+    steps = group["env_steps"]
+    if steps > curve[-1][0]:
+        return f"past the baseline's {curve[-1][0]:,.0f} steps"
+    i = next(k for k in range(1, len(curve)) if steps <= curve[k][0])
+    (x0, y0), (x1, y1) = curve[i - 1], curve[i]
+    level = y1 if x1 == x0 else y0 + (y1 - y0) * (steps - x0) / (x1 - x0)
+    return (f"{group['mean'] / level:.2f}x" if level > 0 else "n/a") + f" (baseline {level:.1f})"
+
+
 def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, sources: str) -> str:
     """docs/series/summary.md: one table row per (arm, budget, point), the untrained floor beside."""
     groups, floor = summarise(rows), floor_stats(floor_rows)
@@ -161,46 +179,70 @@ def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, so
                      f"{floor['mean']:.2f}, min {floor['min']:.2f}, max {floor['max']:.2f}.")
     else:
         lines.append("Untrained floor: not measured yet (`--floor`).")
-    lines += ["", f"Baseline arm for the last column: `{baseline}`" + ("" if base else " (no rows yet)") + ".", "",
+    lines += ["", f"Baseline arm: `{baseline}`" + ("" if base else " (no rows yet)") + ". *vs baseline*: the "
+              "ratio of means at the same budget and point, a win or loss only when every seed is beyond the "
+              "baseline's spread. *at equal agent steps*: the ratio to the baseline's mean at this point's agent "
+              "steps (its points of every budget joined by straight lines from the floor at step 0).", "",
               "| arm | budget min | point min | seeds | mean | min | max | floor | agent steps | updates | "
-              "load | vs baseline | launch flags |", "|" + "---|" * 13]
+              "load | vs baseline | at equal agent steps | launch flags |", "|" + "---|" * 14]
     for g in groups:
         cells = [g["arm"], f"{g['budget']:g}", f"{g['point']:g}", str(g["n"]),
                  *(f"{g[k]:.2f}" for k in ("mean", "min", "max")), f"{floor['mean']:.2f}" if floor else "-",
                  f"{g['env_steps']:,.0f}", f"{g['learner_steps']:,.0f}",
                  f"{g['load_before']:.2f} / {g['load_after']:.2f}",
-                 verdict(g, base.get((g["budget"], g["point"]))), f"`{g['flags'] or '(defaults)'}`"]
+                 verdict(g, base.get((g["budget"], g["point"]))), at_equal_steps(g, list(base.values()), floor),
+                 f"`{g['flags'] or '(defaults)'}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], floor_rows: list[dict], path: Path) -> None:
-    """Mean score against minutes and against agent steps per (arm, budget), min-max band, floor line."""
+def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "defaults") -> None:
+    """One panel per arm and budget against the baseline of that budget (mean over seeds, band =
+    min..max, floor line), and a last panel of every arm's mean against agent steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups, floor = summarise(rows), floor_stats(floor_rows)
-    fig, (by_time, by_steps) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for arm, budget in dict.fromkeys((g["arm"], g["budget"]) for g in groups):
-        mine = [g for g in groups if g["arm"] == arm and g["budget"] == budget]
-        label = f"{arm} ({budget:g} min, {max(g['n'] for g in mine)} seeds)"
-        for ax, key, scale in ((by_time, "point", 1.0), (by_steps, "env_steps", 1e-6)):
-            xs = [g[key] * scale for g in mine]
-            line, = ax.plot(xs, [g["mean"] for g in mine], "o-", ms=4, label=label)
+    curves: dict[tuple[str, float], list[dict]] = {}
+    for g in groups:
+        curves.setdefault((g["arm"], g["budget"]), []).append(g)
+    arms = [key for key in curves if key[0] != baseline] or list(curves)
+    cols = min(3, len(arms) + 1)
+    rows_n = math.ceil((len(arms) + 1) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    flat = list(axes.flat)
+
+    def draw(ax, key: tuple[str, float], x: str, scale: float, color: str | None, band: bool = True) -> None:
+        mine = curves[key]
+        xs = [g[x] * scale for g in mine]
+        line, = ax.plot(xs, [g["mean"] for g in mine], "o-", ms=3, color=color,
+                        label=f"{key[0]} ({max(g['n'] for g in mine)} seeds)")
+        if band:
             ax.fill_between(xs, [g["min"] for g in mine], [g["max"] for g in mine], color=line.get_color(), alpha=0.2)
-    for ax in (by_time, by_steps):
+
+    for ax, (arm, budget) in zip(flat, arms, strict=False):  # flat has a panel more than arms
+        if arm != baseline and (baseline, budget) in curves:
+            draw(ax, (baseline, budget), "point", 1.0, "grey")
+        draw(ax, (arm, budget), "point", 1.0, "C0" if arm != baseline else "grey")
+        ax.set_title(f"{arm}: `{curves[(arm, budget)][0]['flags'] or 'defaults'}`", fontsize=9)
+        ax.set(xlabel=f"minutes from launch.py's start ({budget:g}-min runs)", ylabel=f"score (eps {EVAL_EPSILON})")
+    steps_ax = flat[len(arms)]
+    for i, key in enumerate(curves):
+        draw(steps_ax, key, "env_steps", 1e-6, "grey" if key[0] == baseline else f"C{i % 10}", band=False)
+    steps_ax.set(xlabel="agent steps (millions), mean over seeds", title="every arm against agent steps")
+    for ax in flat[: len(arms) + 1]:
         if floor:
-            ax.axhline(floor["mean"], color="grey", ls="--", label=f"untrained floor ({floor['mean']:.2f})")
+            ax.axhline(floor["mean"], color="black", ls=":", lw=1, label=f"untrained ({floor['mean']:.1f})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    by_time.set(xlabel="wall-clock minutes from launch.py's start",
-                ylabel=f"evaluation score (raw, eps {EVAL_EPSILON})", title="mean over seeds, band = min..max")
-    by_steps.set(xlabel="agent steps (millions), mean over seeds", title="the same snapshots against agent steps")
+        ax.legend(fontsize=7)
+    for ax in flat[len(arms) + 1:]:
+        ax.axis("off")
+    fig.suptitle("learning series: mean evaluation score over seeds, band = min..max over seeds", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -315,7 +357,7 @@ def report(args: argparse.Namespace, runs: Path, floor_path: Path) -> None:
     floor_rows = read_rows(floor_path, FLOOR_COLUMNS)
     summary, curves = runs.with_name("summary.md"), runs.with_name("curves.png")
     summary.write_text(summary_markdown(rows, floor_rows, args.baseline, f"`{runs.name}` and `{floor_path.name}`"))
-    plot(rows, floor_rows, curves)
+    plot(rows, floor_rows, curves, args.baseline)
     print(f"written: {summary}, {curves}")
 
 

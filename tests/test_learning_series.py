@@ -89,6 +89,24 @@ def test_the_report_summarises_each_arm_and_point_over_seeds(tmp_path: Path) -> 
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_equal_agent_steps_reads_the_baseline_between_its_points_from_the_floor() -> None:
+    """Issue 21's "no worse per agent step": the baseline's curve (its points of every budget, from the
+    untrained floor at step 0) read at the arm's agent steps."""
+    base = [{"arm": "defaults", "env_steps": s, "mean": m} for s, m in ((100_000, 10.0), (200_000, 20.0),
+                                                                         (600_000, 40.0))]
+    floor = {"mean": 5.0}
+
+    def arm(steps: float, mean: float) -> dict:
+        return {"arm": "spi2", "env_steps": steps, "mean": mean}
+
+    assert ls.at_equal_steps(arm(150_000, 30.0), base, floor) == "2.00x (baseline 15.0)"
+    assert ls.at_equal_steps(arm(50_000, 3.75), base, floor) == "0.50x (baseline 7.5)"
+    assert ls.at_equal_steps(arm(400_000, 30.0), base, floor) == "1.00x (baseline 30.0)"
+    assert ls.at_equal_steps(arm(600_001, 50.0), base, floor) == "past the baseline's 600,000 steps"
+    assert ls.at_equal_steps(arm(50_000, 3.0), base, None) == "1.20x (baseline 2.5)"
+    assert ls.at_equal_steps(base[0], base, floor) == "(baseline)" and ls.at_equal_steps(arm(1, 1), [], floor) == ""
+
+
 def test_verdict_calls_a_win_or_loss_only_beyond_the_seeds_spread() -> None:
     base = {"mean": 10.0, "min": 8.0, "max": 12.0}
     assert ls.verdict({"mean": 20.0, "min": 12.5, "max": 25.0}, base).startswith("2.00x, wins")
