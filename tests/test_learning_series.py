@@ -103,7 +103,7 @@ def test_equal_agent_steps_reads_the_baseline_between_its_points_from_the_floor(
     assert ls.at_equal_steps(arm(50_000, 3.75), base, floor) == "0.50x (baseline 7.5)"
     assert ls.at_equal_steps(arm(400_000, 30.0), base, floor) == "1.00x (baseline 30.0)"
     assert ls.at_equal_steps(arm(600_001, 50.0), base, floor) == "past the baseline's 600,000 steps"
-    assert ls.at_equal_steps(arm(50_000, 3.0), base, None) == "1.20x (baseline 2.5)"
+    assert ls.at_equal_steps(arm(50_000, 3.0), base, None) == "0.60x (baseline 5.0)"
     assert ls.at_equal_steps(base[0], base, floor) == "(baseline)" and ls.at_equal_steps(arm(1, 1), [], floor) == ""
 
 
