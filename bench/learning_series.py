@@ -217,8 +217,9 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
     def draw(ax, key: tuple[str, float], x: str, scale: float, color: str | None, band: bool = True) -> None:
         mine = curves[key]
         xs = [g[x] * scale for g in mine]
+        n = max(g["n"] for g in mine)
         line, = ax.plot(xs, [g["mean"] for g in mine], "o-", ms=3, color=color,
-                        label=f"{key[0]} ({max(g['n'] for g in mine)} seeds)")
+                        label=f"{key[0]} ({n} seed{'s' if n > 1 else ''})")
         if band:
             ax.fill_between(xs, [g["min"] for g in mine], [g["max"] for g in mine], color=line.get_color(), alpha=0.2)
 
