@@ -391,9 +391,17 @@ def ray_session(num_cpus: int, quiet: bool = True) -> Iterator[Any]:
 
 
 def parser(doc: str | None, allow_abbrev: bool = True) -> argparse.ArgumentParser:
-    """The argument parser every benchmark starts from: its docstring as the description."""
-    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   allow_abbrev=allow_abbrev)
+    """The argument parser every benchmark starts from: its docstring as the description, and bad
+    input answered in one line (exit 2), not argparse's usage block."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=allow_abbrev)
+
+    def error(message: str) -> None:
+        print(f"{p.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = error  # type: ignore[method-assign]
+    return p
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, *, seed: str = "random seed",

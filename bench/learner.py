@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -342,10 +343,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--updates-per-call", type=int, default=20,
                    help="updates per Learner.train call with --ray, launch.py's default (default: %(default)s)")
     args = common.parse(p, argv, seed="random seed for the synthetic batches", timeout=1200, child=True)
-    args.batch_sizes = [int(b) for b in args.batches.split(",")]
-    args.doubles = [{"on": True, "off": False}[d] for d in args.double.split(",")]
-    args.variants = args.variants.split(",")
-    args.precisions = args.precision.split(",")
+    def listed(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+        items = text.split(",")
+        if bad := [x for x in items if x not in allowed]:
+            p.error(f"{flag}: {bad[0]!r} is not one of {', '.join(allowed)}")
+        return items
+
+    try:
+        args.batch_sizes = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        p.error(f"--batches takes sizes such as 32,512, not {args.batches!r}")
+    args.doubles = [d == "on" for d in listed("--double", args.double, ("on", "off"))]
+    args.variants = listed("--variants", args.variants, ("train-step", "with-sampling"))
+    args.precisions = listed("--precision", args.precision, ("auto", "float32", "bfloat16"))
     if args.child:
         child(args)
         return None
