@@ -46,6 +46,7 @@ RUN_COLUMNS = ("arm", "launch_flags", "seed", "budget_minutes", "point_minutes",
                "load_after", "date", "commit", "machine", "run_dir")
 FLOOR_COLUMNS = ("seed", "eval_mean", "eval_min", "eval_max", "eval_games", "eval_epsilon", "date", "commit",
                  "machine")
+MIN_SEEDS = 3  # fewer seeds than this make a screen, not a verdict (issue 21)
 OWN_FLAGS = ("--seed", "--snapshot-minutes", "--run-dir", "--eval-every", "--resume")  # the series sets these
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -137,10 +138,12 @@ def verdict(group: dict, base: dict | None) -> str:
     if base is group:
         return "(baseline)"
     ratio = f"{group['mean'] / base['mean']:.2f}x" if base["mean"] > 0 else "n/a"
+    n = group.get("n", MIN_SEEDS)
+    screen = "" if n >= MIN_SEEDS else f" (a screen: {n} seed{'s' if n > 1 else ''}, not a verdict)"
     if group["min"] > base["max"]:
-        return f"{ratio}, wins (every seed above the baseline's best)"
+        return f"{ratio}, wins (every seed above the baseline's best){screen}"
     if group["max"] < base["min"]:
-        return f"{ratio}, loses (every seed below the baseline's worst)"
+        return f"{ratio}, loses (every seed below the baseline's worst){screen}"
     return f"{ratio}, within the spread"
 
 

@@ -113,6 +113,9 @@ def test_verdict_calls_a_win_or_loss_only_beyond_the_seeds_spread() -> None:
     assert ls.verdict({"mean": 5.0, "min": 4.0, "max": 7.9}, base).startswith("0.50x, loses")
     assert ls.verdict({"mean": 14.0, "min": 11.0, "max": 16.0}, base) == "1.40x, within the spread"
     assert ls.verdict(base, base) == "(baseline)" and ls.verdict(base, None) == ""
+    one = {"mean": 20.0, "min": 20.0, "max": 20.0, "n": 1}
+    assert ls.verdict(one, base) == ("2.00x, wins (every seed above the baseline's best) "
+                                     "(a screen: 1 seed, not a verdict)")
 
 
 @pytest.mark.parametrize("argv, message", [
