@@ -34,6 +34,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 from bench.end_to_end import run_for  # noqa: E402
@@ -131,6 +133,10 @@ def floor_stats(rows: list[dict]) -> dict | None:
     return _stats([float(r["eval_mean"]) for r in rows]) if rows else None
 
 
+def seeds_text(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def verdict(group: dict, base: dict | None) -> str:
     """Against the baseline arm at the same budget and point: a win or loss only beyond the seeds' spread."""
     if base is None:
@@ -139,7 +145,7 @@ def verdict(group: dict, base: dict | None) -> str:
         return "(baseline)"
     ratio = f"{group['mean'] / base['mean']:.2f}x" if base["mean"] > 0 else "n/a"
     n = group.get("n", MIN_SEEDS)
-    screen = "" if n >= MIN_SEEDS else f" (a screen: {n} seed{'s' if n > 1 else ''}, not a verdict)"
+    screen = "" if n >= MIN_SEEDS else f" (a screen: {seeds_text(n)}, not a verdict)"
     if group["min"] > base["max"]:
         return f"{ratio}, wins (every seed above the baseline's best){screen}"
     if group["max"] < base["min"]:
@@ -159,9 +165,7 @@ def at_equal_steps(group: dict, baseline: list[dict], floor: dict | None) -> str
     steps = group["env_steps"]
     if steps > curve[-1][0]:
         return f"past the baseline's {curve[-1][0]:,.0f} steps"
-    i = next(k for k in range(1, len(curve)) if steps <= curve[k][0])
-    (x0, y0), (x1, y1) = curve[i - 1], curve[i]
-    level = y1 if x1 == x0 else y0 + (y1 - y0) * (steps - x0) / (x1 - x0)
+    level = float(np.interp(steps, [x for x, _ in curve], [y for _, y in curve]))
     return (f"{group['mean'] / level:.2f}x" if level > 0 else "n/a") + f" (baseline {level:.1f})"
 
 
@@ -222,7 +226,7 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         xs = [g[x] * scale for g in mine]
         n = max(g["n"] for g in mine)
         line, = ax.plot(xs, [g["mean"] for g in mine], "o-", ms=3, color=color,
-                        label=f"{key[0]} ({n} seed{'s' if n > 1 else ''})")
+                        label=f"{key[0]} ({seeds_text(n)})")
         if band:
             ax.fill_between(xs, [g["min"] for g in mine], [g["max"] for g in mine], color=line.get_color(), alpha=0.2)
 
