@@ -50,6 +50,7 @@ FLOOR_COLUMNS = ("seed", "eval_mean", "eval_min", "eval_max", "eval_games", "eva
                  "machine")
 MIN_SEEDS = 3  # fewer seeds than this make a screen, not a verdict (issue 21)
 OWN_FLAGS = ("--seed", "--snapshot-minutes", "--run-dir", "--eval-every", "--resume")  # the series sets these
+PALETTE = [f"C{i}" for i in range(10) if i != 7]  # matplotlib's cycle without its grey, the baseline's colour
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -205,7 +206,8 @@ def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, so
 
 def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "defaults") -> None:
     """One panel per arm and budget against the baseline of that budget (mean over seeds, band =
-    min..max, floor line), and a last panel of every arm's mean against agent steps."""
+    min..max, floor line), then every arm's mean against agent steps and against learner updates
+    (which of the two the score follows is what the series keeps asking)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,8 +218,8 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
     for g in groups:
         curves.setdefault((g["arm"], g["budget"]), []).append(g)
     arms = [key for key in curves if key[0] != baseline] or list(curves)
-    cols = min(3, len(arms) + 1)
-    rows_n = math.ceil((len(arms) + 1) / cols)
+    cols = min(3, len(arms) + 2)
+    rows_n = math.ceil((len(arms) + 2) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
     flat = list(axes.flat)
 
@@ -236,16 +238,17 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         draw(ax, (arm, budget), "point", 1.0, "C0" if arm != baseline else "grey")
         ax.set_title(f"{arm}: `{curves[(arm, budget)][0]['flags'] or 'defaults'}`", fontsize=9)
         ax.set(xlabel=f"minutes from launch.py's start ({budget:g}-min runs)", ylabel=f"score (eps {EVAL_EPSILON})")
-    steps_ax = flat[len(arms)]
-    for i, key in enumerate(curves):
-        draw(steps_ax, key, "env_steps", 1e-6, "grey" if key[0] == baseline else f"C{i % 10}", band=False)
-    steps_ax.set(xlabel="agent steps (millions), mean over seeds", title="every arm against agent steps")
-    for ax in flat[: len(arms) + 1]:
+    for ax, x, scale, unit in ((flat[len(arms)], "env_steps", 1e-6, "agent steps (millions)"),
+                               (flat[len(arms) + 1], "learner_steps", 1e-3, "learner updates (thousands)")):
+        for i, key in enumerate(curves):
+            draw(ax, key, x, scale, "grey" if key[0] == baseline else PALETTE[i % len(PALETTE)], band=False)
+        ax.set(xlabel=f"{unit}, mean over seeds", title=f"every arm against {unit.split(' (')[0]}")
+    for ax in flat[: len(arms) + 2]:
         if floor:
             ax.axhline(floor["mean"], color="black", ls=":", lw=1, label=f"untrained ({floor['mean']:.1f})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in flat[len(arms) + 1:]:
+    for ax in flat[len(arms) + 2:]:
         ax.axis("off")
     fig.suptitle("learning series: mean evaluation score over seeds, band = min..max over seeds", fontsize=10)
     fig.tight_layout()
