@@ -183,6 +183,9 @@ def trim_past(run_dir: Path, env_steps: int) -> dict[str, int]:
         if step.isdigit() and int(step) > env_steps:
             path.unlink()
             dropped["snapshots/"] = dropped.get("snapshots/", 0) + 1
+    for path in (run_dir / "snapshots").glob(".policy-*"):  # write_atomically's temp of a write the crash cut
+        path.unlink()
+        dropped["unfinished snapshots/"] = dropped.get("unfinished snapshots/", 0) + 1
     return dropped
 
 
