@@ -417,3 +417,14 @@ def test_the_checkpoint_keeps_best_policy_scores_for_the_next_resume(crashed_and
     evaluated = [float(row["mean"]) for row in _rows(run / "evaluations.csv")
                  if int(row["env_step"]) <= state["env_steps"]]
     assert evaluated and state["best_eval"] is not None and state["best_eval"] >= max(evaluated)
+
+
+def test_a_resume_drops_the_temp_file_of_a_snapshot_write_the_crash_cut(tmp_path: Path) -> None:
+    from distributed.runlog import trim_past
+
+    (tmp_path / "snapshots").mkdir()
+    kept = tmp_path / "snapshots" / "policy-000001000.h5"
+    cut = tmp_path / "snapshots" / ".policy-000001500.h5.q180c5vv.h5"  # core.atomic's mkstemp name
+    kept.write_bytes(b"whole"), cut.write_bytes(b"half")
+    assert trim_past(tmp_path, 1000) == {"unfinished snapshots/": 1}
+    assert kept.read_bytes() == b"whole" and not cut.exists()
