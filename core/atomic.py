@@ -7,6 +7,7 @@ through :func:`write_atomically`, whichever role writes it.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> Pa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_temp_suffix(path.name), dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others may read results, as with open()
@@ -37,6 +38,27 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> Pa
     finally:
         os.close(dir_fd)
     return path
+
+
+# mkstemp's name: the prefix, 8 characters from its alphabet, the suffix
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
+
+
+def _temp_suffix(name: str) -> str:
+    return Path(name).suffix or ".tmp"
+
+
+def drop_unfinished_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes cut by a crash (SIGKILL, power loss) left in ``folder``;
+    return them. Only names :func:`write_atomically` makes match, and no write there may be under way."""
+    folder = Path(folder)
+    dropped = []
+    for path in sorted(folder.glob(".*")) if folder.is_dir() else ():
+        found = _TEMP_NAME.fullmatch(path.name)
+        if found and path.is_file() and found["suffix"] == _temp_suffix(found["name"]):
+            path.unlink(missing_ok=True)
+            dropped.append(path)
+    return dropped
 
 
 def _umask() -> int:

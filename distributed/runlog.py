@@ -22,7 +22,7 @@ from pathlib import Path
 
 import kerasrl_compat
 from config import Config, hms
-from core.atomic import write_atomically
+from core.atomic import drop_unfinished_writes, write_atomically
 
 
 class RunLog:
@@ -156,7 +156,8 @@ def trim_past(run_dir: Path, env_steps: int) -> dict[str, int]:
     """On resume from the checkpoint at agent step ``env_steps``: drop every row of episodes.csv,
     evaluations.csv, snapshots.csv and metrics.jsonl past it (and a row cut short by the crash);
     return the rows dropped per file. Each file is replaced atomically: a crash during the trim
-    leaves it whole, trimmed or not, and the next resume trims it again."""
+    leaves it whole, trimmed or not, and the next resume trims it again. The snapshots past it
+    go too, and the temp files of the writes the crash cut."""
     dropped = {}
     for name, step_of in (("episodes.csv", _csv_column("env_step")), ("evaluations.csv", _csv_column("env_step")),
                           ("snapshots.csv", _csv_column("env_steps")), ("metrics.jsonl", _json_steps)):
@@ -183,9 +184,10 @@ def trim_past(run_dir: Path, env_steps: int) -> dict[str, int]:
         if step.isdigit() and int(step) > env_steps:
             path.unlink()
             dropped["snapshots/"] = dropped.get("snapshots/", 0) + 1
-    for path in (run_dir / "snapshots").glob(".policy-*"):  # write_atomically's temp of a write the crash cut
-        path.unlink()
-        dropped["unfinished snapshots/"] = dropped.get("unfinished snapshots/", 0) + 1
+    # the temp files of writes the crash cut (policy.h5, the checkpoint, a snapshot, ...): nothing writes yet
+    for folder in [run_dir, *(p for p in run_dir.iterdir() if p.is_dir())]:
+        if cut := drop_unfinished_writes(folder):
+            dropped["unfinished writes"] = dropped.get("unfinished writes", 0) + len(cut)
     return dropped
 
 

@@ -419,12 +419,30 @@ def test_the_checkpoint_keeps_best_policy_scores_for_the_next_resume(crashed_and
     assert evaluated and state["best_eval"] is not None and state["best_eval"] >= max(evaluated)
 
 
-def test_a_resume_drops_the_temp_file_of_a_snapshot_write_the_crash_cut(tmp_path: Path) -> None:
+def _write_cut_by_sigkill(path: Path) -> Path:
+    """The temp file a real write_atomically leaves when its process is killed mid-write."""
+    code = ("import os, signal, sys; from pathlib import Path; from core.atomic import write_atomically\n"
+            "def write(tmp):\n    Path(tmp).write_bytes(b'half'); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "write_atomically(sys.argv[1], write)")
+    before = set(path.parent.iterdir())
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    (cut,) = set(path.parent.iterdir()) - before
+    return cut
+
+
+def test_a_resume_drops_the_temp_files_of_the_writes_the_crash_cut(tmp_path: Path) -> None:
+    """Wherever in the run folder a SIGKILL cut a write (policy.h5, the checkpoint, a snapshot), the
+    resume drops its temp file; the files it replaces and a user's own dot files stay."""
     from distributed.runlog import trim_past
 
     (tmp_path / "snapshots").mkdir()
     kept = tmp_path / "snapshots" / "policy-000001000.h5"
-    cut = tmp_path / "snapshots" / ".policy-000001500.h5.q180c5vv.h5"  # core.atomic's mkstemp name
-    kept.write_bytes(b"whole"), cut.write_bytes(b"half")
-    assert trim_past(tmp_path, 1000) == {"unfinished snapshots/": 1}
-    assert kept.read_bytes() == b"whole" and not cut.exists()
+    policy, own = tmp_path / "policy.h5", tmp_path / ".policy.h5.my-notes.txt"
+    for path in (kept, policy, own):
+        path.write_bytes(b"whole")
+    cuts = [_write_cut_by_sigkill(path) for path in
+            (policy, tmp_path / "checkpoint.npz", tmp_path / "snapshots" / "policy-000001500.h5")]
+    assert trim_past(tmp_path, 1000) == {"unfinished writes": 3}
+    assert not any(cut.exists() for cut in cuts)
+    assert kept.read_bytes() == policy.read_bytes() == own.read_bytes() == b"whole"
