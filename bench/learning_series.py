@@ -154,25 +154,38 @@ def verdict(group: dict, base: dict | None) -> str:
     return f"{ratio}, within the spread"
 
 
-def at_equal_steps(group: dict, baseline: list[dict], floor: dict | None) -> str:
+def run_curves(rows: list[dict], arm: str) -> list[list[tuple[float, float]]]:
+    """Each run of ``arm`` (one seed at one budget) as its (agent steps, score) points in step order."""
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["arm"] == arm:
+            runs.setdefault((r["budget_minutes"], str(r["seed"])), []).append((float(r["env_steps"]),
+                                                                                float(r["eval_mean"])))
+    return [sorted(points) for points in runs.values()]
+
+
+def at_equal_steps(group: dict, baseline: str, runs: list[list[tuple[float, float]]], floor: dict | None) -> str:
     """The arm's mean against the baseline's at the same agent steps (issue 21's "no worse per agent
-    step"): the baseline's points of every budget, sorted by agent steps and joined by straight lines
-    from the untrained floor at step 0, read at the arm's agent steps."""
-    if not baseline:
+    step"): each baseline run's points joined by straight lines from the untrained floor at step 0,
+    read at the arm's agent steps, averaged over the runs (of any budget) that got that far. Runs, not
+    per-budget means: a 20-minute and a 60-minute run of one arm are the same run for 20 minutes."""
+    if not runs:
         return ""
-    if group["arm"] == baseline[0]["arm"]:
+    if group["arm"] == baseline:
         return "(baseline)"
-    curve = [(0.0, floor["mean"] if floor else 0.0), *sorted((g["env_steps"], g["mean"]) for g in baseline)]
-    steps = group["env_steps"]
-    if steps > curve[-1][0]:
-        return f"past the baseline's {curve[-1][0]:,.0f} steps"
-    level = float(np.interp(steps, [x for x, _ in curve], [y for _, y in curve]))
-    return (f"{group['mean'] / level:.2f}x" if level > 0 else "n/a") + f" (baseline {level:.1f})"
+    steps, start = group["env_steps"], floor["mean"] if floor else 0.0
+    levels = [float(np.interp(steps, [0.0, *(x for x, _ in run)], [start, *(y for _, y in run)]))
+              for run in runs if run[-1][0] >= steps]
+    if not levels:
+        return f"past the baseline's {max(run[-1][0] for run in runs):,.0f} steps"
+    level = sum(levels) / len(levels)
+    return ((f"{group['mean'] / level:.2f}x" if level > 0 else "n/a")
+            + f" (baseline {level:.1f}, {len(levels)} run{'s' if len(levels) != 1 else ''})")
 
 
 def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, sources: str) -> str:
     """docs/series/summary.md: one table row per (arm, budget, point), the untrained floor beside."""
-    groups, floor = summarise(rows), floor_stats(floor_rows)
+    groups, floor, curves = summarise(rows), floor_stats(floor_rows), run_curves(rows, baseline)
     base = {(g["budget"], g["point"]): g for g in groups if g["arm"] == baseline}
     games = sorted({r["eval_games"] for r in rows})
     lines = [
@@ -190,7 +203,8 @@ def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, so
     lines += ["", f"Baseline arm: `{baseline}`" + ("" if base else " (no rows yet)") + ". *vs baseline*: the "
               "ratio of means at the same budget and point, a win or loss only when every seed is beyond the "
               "baseline's spread. *at equal agent steps*: the ratio to the baseline's mean at this point's agent "
-              "steps (its points of every budget joined by straight lines from the floor at step 0).", "",
+              "steps: each baseline run's points (any budget) joined by straight lines from the floor at step 0, "
+              "averaged over the runs that got that far.", "",
               "| arm | budget min | point min | seeds | mean | min | max | floor | agent steps | updates | "
               "load | vs baseline | at equal agent steps | launch flags |", "|" + "---|" * 14]
     for g in groups:
@@ -198,7 +212,7 @@ def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, so
                  *(f"{g[k]:.2f}" for k in ("mean", "min", "max")), f"{floor['mean']:.2f}" if floor else "-",
                  f"{g['env_steps']:,.0f}", f"{g['learner_steps']:,.0f}",
                  f"{g['load_before']:.2f} / {g['load_after']:.2f}",
-                 verdict(g, base.get((g["budget"], g["point"]))), at_equal_steps(g, list(base.values()), floor),
+                 verdict(g, base.get((g["budget"], g["point"]))), at_equal_steps(g, baseline, curves, floor),
                  f"`{g['flags'] or '(defaults)'}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -89,22 +89,31 @@ def test_the_report_summarises_each_arm_and_point_over_seeds(tmp_path: Path) -> 
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_equal_agent_steps_reads_the_baseline_between_its_points_from_the_floor() -> None:
-    """Issue 21's "no worse per agent step": the baseline's curve (its points of every budget, from the
-    untrained floor at step 0) read at the arm's agent steps."""
-    base = [{"arm": "defaults", "env_steps": s, "mean": m} for s, m in ((100_000, 10.0), (200_000, 20.0),
-                                                                         (600_000, 40.0))]
+def test_equal_agent_steps_reads_each_baseline_run_from_the_floor_and_averages_those_that_got_there() -> None:
+    """Issue 21's "no worse per agent step": every baseline run's curve (from the untrained floor at
+    step 0) read at the arm's agent steps, averaged over the runs, of any budget, that reached them."""
+    def row(budget: int, seed: int, steps: int, score: float) -> dict:
+        return {"arm": "defaults", "budget_minutes": str(budget), "seed": str(seed), "env_steps": str(steps),
+                "eval_mean": str(score)}
+
+    rows = [row(20, 0, 100_000, 10.0), row(20, 0, 200_000, 20.0), row(20, 1, 100_000, 20.0),
+            row(20, 1, 200_000, 40.0), row(60, 0, 200_000, 30.0), row(60, 0, 600_000, 40.0),
+            {**row(20, 0, 1, 99.0), "arm": "spi2"}]
+    runs = ls.run_curves(rows, "defaults")
+    assert sorted(runs) == [[(100_000.0, 10.0), (200_000.0, 20.0)], [(100_000.0, 20.0), (200_000.0, 40.0)],
+                            [(200_000.0, 30.0), (600_000.0, 40.0)]]
     floor = {"mean": 5.0}
 
     def arm(steps: float, mean: float) -> dict:
         return {"arm": "spi2", "env_steps": steps, "mean": mean}
 
-    assert ls.at_equal_steps(arm(150_000, 30.0), base, floor) == "2.00x (baseline 15.0)"
-    assert ls.at_equal_steps(arm(50_000, 3.75), base, floor) == "0.50x (baseline 7.5)"
-    assert ls.at_equal_steps(arm(400_000, 30.0), base, floor) == "1.00x (baseline 30.0)"
-    assert ls.at_equal_steps(arm(600_001, 50.0), base, floor) == "past the baseline's 600,000 steps"
-    assert ls.at_equal_steps(arm(50_000, 3.0), base, None) == "0.60x (baseline 5.0)"
-    assert ls.at_equal_steps(base[0], base, floor) == "(baseline)" and ls.at_equal_steps(arm(1, 1), [], floor) == ""
+    # 150k: 15.0, 30.0 and (5 + 25 * 0.75) = 23.75 -> 22.92; 400k: only the 60-minute run, 35.0
+    assert ls.at_equal_steps(arm(150_000, 45.833), "defaults", runs, floor) == "2.00x (baseline 22.9, 3 runs)"
+    assert ls.at_equal_steps(arm(400_000, 35.0), "defaults", runs, floor) == "1.00x (baseline 35.0, 1 run)"
+    assert ls.at_equal_steps(arm(600_001, 50.0), "defaults", runs, floor) == "past the baseline's 600,000 steps"
+    assert ls.at_equal_steps(arm(50_000, 3.0), "defaults", runs[:1], None) == "0.60x (baseline 5.0, 1 run)"
+    assert ls.at_equal_steps({**arm(1, 1), "arm": "defaults"}, "defaults", runs, floor) == "(baseline)"
+    assert ls.at_equal_steps(arm(1, 1), "defaults", [], floor) == ""
 
 
 def test_verdict_calls_a_win_or_loss_only_beyond_the_seeds_spread() -> None:
