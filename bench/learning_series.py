@@ -30,6 +30,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -231,7 +232,9 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
     curves: dict[tuple[str, float], list[dict]] = {}
     for g in groups:
         curves.setdefault((g["arm"], g["budget"]), []).append(g)
-    arms = [key for key in curves if key[0] != baseline] or list(curves)
+    # a panel per arm and budget, and one for each budget only the baseline has run (its own curve)
+    arms = [key for key in curves if key[0] != baseline or not any(a != baseline and b == key[1] for a, b in curves)]
+    budgets = {arm: {b for a, b in curves if a == arm} for arm, _ in curves}
     cols = min(3, len(arms) + 2)
     rows_n = math.ceil((len(arms) + 2) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
@@ -241,8 +244,9 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         mine = curves[key]
         xs = [g[x] * scale for g in mine]
         n = max(g["n"] for g in mine)
-        line, = ax.plot(xs, [g["mean"] for g in mine], "o-", ms=3, color=color,
-                        label=f"{key[0]} ({seeds_text(n)})")
+        minutes = f" {key[1]:g} min" if len(budgets[key[0]]) > 1 else ""  # which of an arm's budgets
+        line, = ax.plot(xs, [g["mean"] for g in mine], "o-" if key[1] <= 20 else "o--", ms=3, color=color,
+                        label=f"{key[0]}{minutes} ({seeds_text(n)})")
         if band:
             ax.fill_between(xs, [g["min"] for g in mine], [g["max"] for g in mine], color=line.get_color(), alpha=0.2)
 
@@ -250,7 +254,7 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         if arm != baseline and (baseline, budget) in curves:
             draw(ax, (baseline, budget), "point", 1.0, "grey")
         draw(ax, (arm, budget), "point", 1.0, "C0" if arm != baseline else "grey")
-        ax.set_title(f"{arm}: `{curves[(arm, budget)][0]['flags'] or 'defaults'}`", fontsize=9)
+        ax.set_title(textwrap.fill(f"{arm}: `{curves[(arm, budget)][0]['flags'] or 'defaults'}`", 60), fontsize=9)
         ax.set(xlabel=f"minutes from launch.py's start ({budget:g}-min runs)", ylabel=f"score (eps {EVAL_EPSILON})")
     for ax, x, scale, unit in ((flat[len(arms)], "env_steps", 1e-6, "agent steps (millions)"),
                                (flat[len(arms) + 1], "learner_steps", 1e-3, "learner updates (thousands)")):
@@ -265,7 +269,7 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
     for ax in flat[len(arms) + 2:]:
         ax.axis("off")
     fig.suptitle("learning series: mean evaluation score over seeds, band = min..max over seeds", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.99))  # leave the suptitle its own line
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
