@@ -5,7 +5,7 @@ fixed minutes under one protocol, one CSV row per (arm, seed, point), resumable 
     ./dqn python bench/learning_series.py --arm defaults --seeds 3 --minutes 20
     ./dqn python bench/learning_series.py --arm spi2 --launch-args "--samples-per-insert 2" --seeds 3
     ./dqn python bench/learning_series.py --floor --seeds 3      # untrained networks, same protocol
-    ./dqn python bench/learning_series.py --report               # summary.md and curves.png
+    ./dqn python bench/learning_series.py --report               # summary.md, curves-MACHINE.png
 
 Each run is launch.py with --seed K, --snapshot-minutes at the points (5,10,20 for a 20-minute
 budget, 5,10,20,40,60 for 60), --eval-every 0 (nothing but training takes CPU while it runs) and
@@ -15,7 +15,9 @@ past the budget). Runs go strictly one at a time: before each, the 1-minute load
 runs anyway); the load is recorded before and after. Only after the run, each timed snapshot plays
 --games games at epsilon 0.05 with actors.evaluator.evaluate_policy_file and its default game
 seeds (seed 0: the same games for every arm). Rows are appended to --csv as each run finishes;
-an (arm, seed, budget) already there is skipped, so a later session continues the series.
+an (arm, seed, budget) already there from this machine is skipped, so a later session continues the
+series. Each machine (CPU model, cores, RAM, as every row records it) is a series of its own: equal
+wall clock is equal CPU only on one machine, so --report compares arms only within a machine.
 """
 
 from __future__ import annotations
@@ -89,15 +91,33 @@ def minutes_text(minutes: float) -> str:
     return f"{minutes:g}"
 
 
-def seeds_to_run(rows: list[dict], arm: str, flags: str, seeds: Iterable[int], budget: float) -> list[int]:
-    """The seeds of ``arm`` with no row yet at this budget. An arm name already used with other
-    flags is an error: its rows would mix two configurations."""
+def seeds_to_run(rows: list[dict], arm: str, flags: str, seeds: Iterable[int], budget: float,
+                 machine: str) -> list[int]:
+    """The seeds of ``arm`` with no row yet at this budget on ``machine`` (another machine's runs are
+    another series). An arm name already used with other flags, on any machine, is an error: its
+    rows would mix two configurations."""
     other = {r["launch_flags"] for r in rows if r["arm"] == arm} - {flags}
     if other:
         raise SeriesError(f"arm {arm!r} was run with launch flags {sorted(other)[0]!r}, not {flags!r}; "
                           f"give this configuration another --arm name")
-    done = {int(r["seed"]) for r in rows if r["arm"] == arm and r["budget_minutes"] == minutes_text(budget)}
+    done = {int(r["seed"]) for r in rows if r["arm"] == arm and r["budget_minutes"] == minutes_text(budget)
+            and r["machine"] == machine}
     return [s for s in seeds if s not in done]
+
+
+def by_machine(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each machine, machines in the order first seen."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["machine"], []).append(r)
+    return out
+
+
+def machine_slug(machine: str) -> str:
+    """A file-name part for a machine label: '2-core Intel(R) Xeon(R) Processor, 23.5 GiB' ->
+    '2-core-intel-xeon-23-5-gib'."""
+    plain = re.sub(r"\((r|tm)\)|\bprocessor\b", "", machine.lower())
+    return re.sub(r"[^a-z0-9]+", "-", plain).strip("-") or "unknown"
 
 
 def default_points(budget: float) -> tuple[float, ...]:
@@ -184,45 +204,57 @@ def at_equal_steps(group: dict, baseline: str, runs: list[list[tuple[float, floa
             + f" (baseline {level:.1f}, {len(levels)} run{'s' if len(levels) != 1 else ''})")
 
 
-def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, sources: str) -> str:
-    """docs/series/summary.md: one table row per (arm, budget, point), the untrained floor beside."""
-    groups, floor, curves = summarise(rows), floor_stats(floor_rows), run_curves(rows, baseline)
-    base = {(g["budget"], g["point"]): g for g in groups if g["arm"] == baseline}
+def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, sources: str,
+                     pictures: dict[str, str] | None = None) -> str:
+    """docs/series/summary.md: the untrained floor, then per machine one table row per (arm, budget,
+    point), each compared with the baseline of that machine only. ``pictures``: machine -> its PNG's name."""
+    floor = floor_stats(floor_rows)
     games = sorted({r["eval_games"] for r in rows})
+    machines = by_machine(rows)
     lines = [
         "# Learning series: summary", "",
-        f"Written by `./dqn python bench/learning_series.py --report` from {sources} ({len(rows)} rows).",
+        f"Written by `./dqn python bench/learning_series.py --report` from {sources} ({len(rows)} rows, "
+        f"{len(machines)} machine{'s' if len(machines) != 1 else ''}).",
         f"Protocol: each timed snapshot plays {'/'.join(games)} games at epsilon {EVAL_EPSILON} on the evaluator's "
         "default game seeds (the same games for every arm), raw scores; mean, min and max are over seeds of the "
-        "per-seed mean score. Runs went one at a time; load = the 1-minute load before / after each run.", "",
+        "per-seed mean score. Runs went one at a time; load = the 1-minute load before / after each run. "
+        "Each machine is a series of its own: equal wall clock is equal CPU only on one machine, so arms are "
+        "compared only with the baseline run on the same machine.", "",
     ]
     if floor:
-        lines.append(f"Untrained floor ({floor['n']} freshly initialised networks, same protocol): mean "
-                     f"{floor['mean']:.2f}, min {floor['min']:.2f}, max {floor['max']:.2f}.")
+        lines.append(f"Untrained floor ({floor['n']} freshly initialised networks, same protocol; a property of the "
+                     f"networks, not of the machine): mean {floor['mean']:.2f}, min {floor['min']:.2f}, max "
+                     f"{floor['max']:.2f}.")
     else:
         lines.append("Untrained floor: not measured yet (`--floor`).")
-    lines += ["", f"Baseline arm: `{baseline}`" + ("" if base else " (no rows yet)") + ". *vs baseline*: the "
-              "ratio of means at the same budget and point, a win or loss only when every seed is beyond the "
-              "baseline's spread. *at equal agent steps*: the ratio to the baseline's mean at this point's agent "
-              "steps: each baseline run's points (any budget) joined by straight lines from the floor at step 0, "
-              "averaged over the runs that got that far.", "",
-              "| arm | budget min | point min | seeds | mean | min | max | floor | agent steps | updates | "
-              "load | vs baseline | at equal agent steps | launch flags |", "|" + "---|" * 14]
-    for g in groups:
-        cells = [g["arm"], f"{g['budget']:g}", f"{g['point']:g}", str(g["n"]),
-                 *(f"{g[k]:.2f}" for k in ("mean", "min", "max")), f"{floor['mean']:.2f}" if floor else "-",
-                 f"{g['env_steps']:,.0f}", f"{g['learner_steps']:,.0f}",
-                 f"{g['load_before']:.2f} / {g['load_after']:.2f}",
-                 verdict(g, base.get((g["budget"], g["point"]))), at_equal_steps(g, baseline, curves, floor),
-                 f"`{g['flags'] or '(defaults)'}`"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "*vs baseline*: the ratio of means at the same budget and point, a win or loss only when every "
+              "seed is beyond the baseline's spread. *at equal agent steps*: the ratio to the baseline's mean at "
+              "this point's agent steps: each baseline run's points (any budget) joined by straight lines from the "
+              "floor at step 0, averaged over the runs that got that far."]
+    for machine, mine in machines.items():
+        groups, curves = summarise(mine), run_curves(mine, baseline)
+        base = {(g["budget"], g["point"]): g for g in groups if g["arm"] == baseline}
+        picture = (pictures or {}).get(machine)
+        lines += ["", f"## {machine}", "",
+                  f"{len(mine)} rows, baseline arm `{baseline}`" + ("" if base else " (no rows yet on this machine)")
+                  + (f"; curves: [{picture}]({picture})" if picture else "") + ".", "",
+                  "| arm | budget min | point min | seeds | mean | min | max | floor | agent steps | updates | "
+                  "load | vs baseline | at equal agent steps | launch flags |", "|" + "---|" * 14]
+        for g in groups:
+            cells = [g["arm"], f"{g['budget']:g}", f"{g['point']:g}", str(g["n"]),
+                     *(f"{g[k]:.2f}" for k in ("mean", "min", "max")), f"{floor['mean']:.2f}" if floor else "-",
+                     f"{g['env_steps']:,.0f}", f"{g['learner_steps']:,.0f}",
+                     f"{g['load_before']:.2f} / {g['load_after']:.2f}",
+                     verdict(g, base.get((g["budget"], g["point"]))), at_equal_steps(g, baseline, curves, floor),
+                     f"`{g['flags'] or '(defaults)'}`"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "defaults") -> None:
-    """One panel per arm and budget against the baseline of that budget (mean over seeds, band =
-    min..max, floor line), then every arm's mean against agent steps and against learner updates
-    (which of the two the score follows is what the series keeps asking)."""
+def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "defaults", machine: str = "") -> None:
+    """One machine's series: one panel per arm and budget against the baseline of that budget (mean
+    over seeds, band = min..max, floor line), then every arm's mean against agent steps and against
+    learner updates (which of the two the score follows is what the series keeps asking)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +300,8 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         ax.legend(fontsize=7)
     for ax in flat[len(arms) + 2:]:
         ax.axis("off")
-    fig.suptitle("learning series: mean evaluation score over seeds, band = min..max over seeds", fontsize=10)
+    fig.suptitle("learning series" + (f" on {machine}" if machine else "") + ": mean evaluation score over seeds, "
+                 "band = min..max over seeds", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.99))  # leave the suptitle its own line
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -282,11 +315,16 @@ def provenance() -> dict:
         done = subprocess.run(["git", *a], cwd=common.ROOT, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    m = common.machine()
     commit = (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain",
                                                                                   "--untracked-files=no") else "")
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": commit,
-            "machine": f"{m['cores']}-core {m['cpu']}, {m['ram_gb']:g} GiB"}
+            "machine": machine_label()}
+
+
+def machine_label() -> str:
+    """This machine as the rows name it (CPU model, cores, RAM): the key of its own series."""
+    m = common.machine()
+    return f"{m['cores']}-core {m['cpu']}, {m['ram_gb']:g} GiB"
 
 
 def quiet_load(max_load: float, settle: float, force: bool) -> float:
@@ -384,10 +422,13 @@ def report(args: argparse.Namespace, runs: Path, floor_path: Path) -> None:
     if not rows:
         raise SeriesError(f"no runs in {runs}: run a series first (--arm NAME)")
     floor_rows = read_rows(floor_path, FLOOR_COLUMNS)
-    summary, curves = runs.with_name("summary.md"), runs.with_name("curves.png")
-    summary.write_text(summary_markdown(rows, floor_rows, args.baseline, f"`{runs.name}` and `{floor_path.name}`"))
-    plot(rows, floor_rows, curves, args.baseline)
-    print(f"written: {summary}, {curves}")
+    pictures = {machine: f"curves-{machine_slug(machine)}.png" for machine in by_machine(rows)}
+    for machine, mine in by_machine(rows).items():
+        plot(mine, floor_rows, runs.with_name(pictures[machine]), args.baseline, machine)
+    summary = runs.with_name("summary.md")
+    summary.write_text(summary_markdown(rows, floor_rows, args.baseline, f"`{runs.name}` and `{floor_path.name}`",
+                                        pictures))
+    print(f"written: {summary}, {', '.join(str(runs.with_name(p)) for p in pictures.values())}")
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -399,7 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--floor", action="store_true", help="evaluate freshly initialised networks (seeds "
                       "0..K-1) under the same protocol into --floor-csv instead of running")
     mode.add_argument("--report", action="store_true", help="read --csv and --floor-csv, write summary.md and "
-                      "curves.png beside --csv")
+                      "curves-MACHINE.png (one per machine: each machine is a series of its own) beside --csv")
     p.add_argument("--launch-args", default="", help="the arm's extra launch.py flags, one string, e.g. "
                    f"'--samples-per-insert 2'; not {', '.join(OWN_FLAGS)} (the series sets them) (default: none)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 of the arm (or of the floor) [1..100] "
@@ -419,7 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grace", type=float, default=60.0, help="seconds past the budget to wait for the last "
                    "point's snapshot before SIGTERM [>= 0] (default: %(default)s)")
     p.add_argument("--csv", default="docs/series/runs.csv", help="the runs CSV (appended to; summary.md and "
-                   "curves.png are written beside it) (default: %(default)s)")
+                   "curves-MACHINE.png are written beside it) (default: %(default)s)")
     p.add_argument("--floor-csv", default=None, help="the floor CSV (default: floor.csv beside --csv)")
     p.add_argument("--work", default="runs/series", help="folder for the runs' directories and logs "
                    "(default: %(default)s)")
@@ -477,10 +518,11 @@ def main(argv: list[str] | None = None) -> int:
             measure_floor(args, floor_path)
             return 0
         check_launch_flags(args)
+        machine = machine_label()
         todo = seeds_to_run(read_rows(runs, RUN_COLUMNS), args.arm, args.launch_args, range(args.seeds),
-                            args.minutes)
-        print(f"{args.arm}: {args.minutes:g} min x seeds {todo or 'none (all in ' + str(runs) + ')'}, points "
-              f"{','.join(minutes_text(p) for p in args.point_list)} min; rows go to {runs}", flush=True)
+                            args.minutes, machine)
+        print(f"{args.arm} on {machine}: {args.minutes:g} min x seeds {todo or 'none (all in ' + str(runs) + ')'}, "
+              f"points {','.join(minutes_text(p) for p in args.point_list)} min; rows go to {runs}", flush=True)
         for seed in todo:
             rows = run_one(args, seed, args.point_list)
             stamp = provenance()

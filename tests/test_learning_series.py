@@ -13,7 +13,7 @@ from bench import learning_series as ls
 
 
 def _rows(arm: str, flags: str, seeds: range, budget: float, points: tuple[float, ...],
-          rng: np.random.Generator) -> list[dict]:
+          rng: np.random.Generator, machine: str = "2-core test") -> list[dict]:
     rows = []
     for seed in seeds:
         for i, p in enumerate(points):
@@ -23,26 +23,33 @@ def _rows(arm: str, flags: str, seeds: range, budget: float, points: tuple[float
                          "learner_steps": int(3_000 * p), "eval_mean": round(float(rng.uniform(0, 5) * (i + 1)), 3),
                          "eval_min": 0, "eval_max": 9, "eval_games": 10, "eval_epsilon": 0.05,
                          "load_before": f"{rng.uniform(0, 0.5):.2f}", "load_after": "1.90", "date": "2026-12-05",
-                         "commit": "abc1234", "machine": "2-core test", "run_dir": f"runs/{arm}-{seed}"})
+                         "commit": "abc1234", "machine": machine, "run_dir": f"runs/{arm}-{seed}"})
     return rows
 
 
 def test_a_series_continues_where_the_csv_ends(tmp_path: Path) -> None:
-    """Rows written by one session are skipped by the next, per (arm, seed, budget); header once."""
+    """Rows written by one session are skipped by the next, per (arm, seed, budget, machine); header once."""
     path = tmp_path / "series" / "runs.csv"
     rng = np.random.default_rng(0)
     assert ls.read_rows(path, ls.RUN_COLUMNS) == []
-    assert ls.seeds_to_run([], "defaults", "", range(3), 20) == [0, 1, 2]
+    here, other = "2-core test", "2-core other CPU"
+    assert ls.seeds_to_run([], "defaults", "", range(3), 20, here) == [0, 1, 2]
     ls.append_rows(path, _rows("defaults", "", range(1), 20, (5, 10, 20), rng), ls.RUN_COLUMNS)
     ls.append_rows(path, _rows("defaults", "", range(2, 3), 20, (5, 10, 20), rng), ls.RUN_COLUMNS)
+    ls.append_rows(path, _rows("spi2", "--samples-per-insert 2", range(1), 20, (5, 10, 20), rng, other),
+                   ls.RUN_COLUMNS)
     rows = ls.read_rows(path, ls.RUN_COLUMNS)
-    assert len(rows) == 6 and path.read_text().count("arm,launch_flags") == 1
-    assert ls.seeds_to_run(rows, "defaults", "", range(3), 20) == [1]
-    assert ls.seeds_to_run(rows, "defaults", "", range(5), 20.0) == [1, 3, 4]
-    assert ls.seeds_to_run(rows, "defaults", "", range(3), 60) == [0, 1, 2], "another budget is another run"
-    assert ls.seeds_to_run(rows, "spi2", "--samples-per-insert 2", range(2), 20) == [0, 1]
+    assert len(rows) == 9 and path.read_text().count("arm,launch_flags") == 1
+    assert ls.seeds_to_run(rows, "defaults", "", range(3), 20, here) == [1]
+    assert ls.seeds_to_run(rows, "defaults", "", range(5), 20.0, here) == [1, 3, 4]
+    assert ls.seeds_to_run(rows, "defaults", "", range(3), 60, here) == [0, 1, 2], "another budget is another run"
+    assert ls.seeds_to_run(rows, "defaults", "", range(3), 20, other) == [0, 1, 2], "another machine: another series"
+    assert ls.seeds_to_run(rows, "spi2", "--samples-per-insert 2", range(2), 20, here) == [0, 1]
+    assert ls.seeds_to_run(rows, "spi2", "--samples-per-insert 2", range(2), 20, other) == [1]
     with pytest.raises(ls.SeriesError, match="arm 'defaults' was run with launch flags ''"):
-        ls.seeds_to_run(rows, "defaults", "--batch-size 64", range(3), 20)
+        ls.seeds_to_run(rows, "defaults", "--batch-size 64", range(3), 20, here)
+    with pytest.raises(ls.SeriesError, match="arm 'spi2' was run with launch flags '--samples-per-insert 2'"):
+        ls.seeds_to_run(rows, "spi2", "--samples-per-insert 4", range(3), 20, here), "a name is one config everywhere"
 
 
 def test_a_csv_of_something_else_is_refused(tmp_path: Path) -> None:
@@ -86,7 +93,35 @@ def test_the_report_summarises_each_arm_and_point_over_seeds(tmp_path: Path) -> 
     spi2_20 = next(line for line in md.splitlines() if line.startswith("| spi2 | 20 | 20 |"))
     assert "wins (every seed above the baseline's best)" in spi2_20 and "`--samples-per-insert 2`" in spi2_20
     assert f"| {np.mean([100, 101, 102]):.2f} | 100.00 | 102.00 | {floor_mean:.2f} |" in spi2_20
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## 2-core test" in md and "curves: [curves-2-core-test.png](curves-2-core-test.png)" in md
+    assert (tmp_path / "curves-2-core-test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_machine_is_a_series_of_its_own(tmp_path: Path) -> None:
+    """An arm run on a second machine is compared with that machine's baseline, never with the first's,
+    and each machine gets its own picture."""
+    rng = np.random.default_rng(3)
+    fast, slow = "2-core Intel(R) Xeon(R) Processor, 23.5 GiB", "2-core AMD EPYC, 23.5 GiB"
+    rows = _rows("defaults", "", range(3), 20, (5, 10, 20), rng, fast)
+    rows += _rows("defaults", "", range(3), 20, (5, 10, 20), rng, slow)
+    rows += _rows("lr2", "--learning-rate 0.0002", range(3), 20, (5, 10, 20), rng, slow)
+    for r in rows:  # the fast machine's baseline scores 50+, the slow one's 10+, the arm (slow) 30+ at 20 min
+        if r["point_minutes"] == "20":
+            r["eval_mean"] = {("defaults", fast): 50, ("defaults", slow): 10, ("lr2", slow): 30}[
+                (r["arm"], r["machine"])] + r["seed"]
+    runs = tmp_path / "runs.csv"
+    ls.append_rows(runs, rows, ls.RUN_COLUMNS)
+    assert ls.main(["--report", "--csv", str(runs)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    assert "2 machines" in md
+    fast_part, slow_part = md.split(f"## {fast}")[1].split(f"## {slow}")
+    assert "| lr2 |" not in fast_part
+    lr2_20 = next(line for line in slow_part.splitlines() if line.startswith("| lr2 | 20 | 20 |"))
+    assert "2.82x, wins (every seed above the baseline's best)" in lr2_20, "31 against the slow machine's 11"
+    assert "| defaults | 20 | 20 | 3 | 51.00 |" in fast_part and "| defaults | 20 | 20 | 3 | 11.00 |" in slow_part
+    for name in ("curves-2-core-intel-xeon-23-5-gib.png", "curves-2-core-amd-epyc-23-5-gib.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"[{name}]({name})" in md
 
 
 def test_equal_agent_steps_reads_each_baseline_run_from_the_floor_and_averages_those_that_got_there() -> None:
