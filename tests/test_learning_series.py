@@ -1,5 +1,5 @@
-"""bench/learning_series.py without training: the CSV's resume/skip logic, the points, the report on
-synthetic rows, and its one-line errors."""
+"""bench/learning_series.py and bench/series_report.py without training: the CSV's resume/skip logic,
+the points, the report on synthetic rows, and its one-line errors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench import learning_series as ls
+from bench import series_report as sr
 
 
 def _rows(arm: str, flags: str, seeds: range, budget: float, points: tuple[float, ...],
@@ -78,7 +79,7 @@ def test_the_report_summarises_each_arm_and_point_over_seeds(tmp_path: Path) -> 
     runs = tmp_path / "runs.csv"
     ls.append_rows(runs, base + other, ls.RUN_COLUMNS)
     ls.append_rows(tmp_path / "floor.csv", floor, ls.FLOOR_COLUMNS)
-    groups = ls.summarise(ls.read_rows(runs, ls.RUN_COLUMNS))
+    groups = sr.summarise(ls.read_rows(runs, ls.RUN_COLUMNS))
     assert [(g["arm"], g["point"]) for g in groups] == [(a, p) for a in ("defaults", "spi2") for p in (5, 10, 20)]
     for g in groups:
         mine = [r for r in base + other if r["arm"] == g["arm"] and float(r["point_minutes"]) == g["point"]]
@@ -134,7 +135,7 @@ def test_equal_agent_steps_reads_each_baseline_run_from_the_floor_and_averages_t
     rows = [row(20, 0, 100_000, 10.0), row(20, 0, 200_000, 20.0), row(20, 1, 100_000, 20.0),
             row(20, 1, 200_000, 40.0), row(60, 0, 200_000, 30.0), row(60, 0, 600_000, 40.0),
             {**row(20, 0, 1, 99.0), "arm": "spi2"}]
-    runs = ls.run_curves(rows, "defaults")
+    runs = sr.run_curves(rows, "defaults")
     assert sorted(runs) == [[(100_000.0, 10.0), (200_000.0, 20.0)], [(100_000.0, 20.0), (200_000.0, 40.0)],
                             [(200_000.0, 30.0), (600_000.0, 40.0)]]
     floor = {"mean": 5.0}
@@ -143,22 +144,22 @@ def test_equal_agent_steps_reads_each_baseline_run_from_the_floor_and_averages_t
         return {"arm": "spi2", "env_steps": steps, "mean": mean}
 
     # 150k: 15.0, 30.0 and (5 + 25 * 0.75) = 23.75 -> 22.92; 400k: only the 60-minute run, 35.0
-    assert ls.at_equal_steps(arm(150_000, 45.833), "defaults", runs, floor) == "2.00x (baseline 22.9, 3 runs)"
-    assert ls.at_equal_steps(arm(400_000, 35.0), "defaults", runs, floor) == "1.00x (baseline 35.0, 1 run)"
-    assert ls.at_equal_steps(arm(600_001, 50.0), "defaults", runs, floor) == "past the baseline's 600,000 steps"
-    assert ls.at_equal_steps(arm(50_000, 3.0), "defaults", runs[:1], None) == "0.60x (baseline 5.0, 1 run)"
-    assert ls.at_equal_steps({**arm(1, 1), "arm": "defaults"}, "defaults", runs, floor) == "(baseline)"
-    assert ls.at_equal_steps(arm(1, 1), "defaults", [], floor) == ""
+    assert sr.at_equal_steps(arm(150_000, 45.833), "defaults", runs, floor) == "2.00x (baseline 22.9, 3 runs)"
+    assert sr.at_equal_steps(arm(400_000, 35.0), "defaults", runs, floor) == "1.00x (baseline 35.0, 1 run)"
+    assert sr.at_equal_steps(arm(600_001, 50.0), "defaults", runs, floor) == "past the baseline's 600,000 steps"
+    assert sr.at_equal_steps(arm(50_000, 3.0), "defaults", runs[:1], None) == "0.60x (baseline 5.0, 1 run)"
+    assert sr.at_equal_steps({**arm(1, 1), "arm": "defaults"}, "defaults", runs, floor) == "(baseline)"
+    assert sr.at_equal_steps(arm(1, 1), "defaults", [], floor) == ""
 
 
 def test_verdict_calls_a_win_or_loss_only_beyond_the_seeds_spread() -> None:
     base = {"mean": 10.0, "min": 8.0, "max": 12.0}
-    assert ls.verdict({"mean": 20.0, "min": 12.5, "max": 25.0}, base).startswith("2.00x, wins")
-    assert ls.verdict({"mean": 5.0, "min": 4.0, "max": 7.9}, base).startswith("0.50x, loses")
-    assert ls.verdict({"mean": 14.0, "min": 11.0, "max": 16.0}, base) == "1.40x, within the spread"
-    assert ls.verdict(base, base) == "(baseline)" and ls.verdict(base, None) == ""
+    assert sr.verdict({"mean": 20.0, "min": 12.5, "max": 25.0}, base).startswith("2.00x, wins")
+    assert sr.verdict({"mean": 5.0, "min": 4.0, "max": 7.9}, base).startswith("0.50x, loses")
+    assert sr.verdict({"mean": 14.0, "min": 11.0, "max": 16.0}, base) == "1.40x, within the spread"
+    assert sr.verdict(base, base) == "(baseline)" and sr.verdict(base, None) == ""
     one = {"mean": 20.0, "min": 20.0, "max": 20.0, "n": 1}
-    assert ls.verdict(one, base) == ("2.00x, wins (every seed above the baseline's best) "
+    assert sr.verdict(one, base) == ("2.00x, wins (every seed above the baseline's best) "
                                      "(a screen: 1 seed, not a verdict)")
 
 
