@@ -18,8 +18,9 @@ PALETTE = [f"C{i}" for i in range(10) if i != 7]  # matplotlib's cycle without i
 
 def write(rows: list[dict], floor_rows: list[dict], folder: Path, baseline: str, sources: str) -> list[Path]:
     """summary.md and one curves-MACHINE.png per machine in ``folder``; the paths written."""
-    pictures = {machine: f"curves-{machine_slug(machine)}.png" for machine in by_machine(rows)}
-    for machine, mine in by_machine(rows).items():
+    machines = by_machine(rows)
+    pictures = {machine: f"curves-{machine_slug(machine)}.png" for machine in machines}
+    for machine, mine in machines.items():
         plot(mine, floor_rows, folder / pictures[machine], baseline, machine)
     summary = folder / "summary.md"
     summary.write_text(summary_markdown(rows, floor_rows, baseline, sources, pictures))
@@ -44,7 +45,6 @@ def machine_slug(machine: str) -> str:
     '2-core-intel-xeon-23-5-gib'."""
     plain = re.sub(r"\((r|tm)\)|\bprocessor\b", "", machine.lower())
     return re.sub(r"[^a-z0-9]+", "-", plain).strip("-") or "unknown"
-
 
 
 def _stats(values: list[float]) -> dict:
