@@ -68,16 +68,17 @@ def summarise(rows: list[dict]) -> list[dict]:
                     **stat, "seeds": sorted(int(r["seed"]) for r in members), "env_steps": avg("env_steps"),
                     "learner_steps": avg("learner_steps"), "wall_seconds": avg("wall_seconds"),
                     "load_before": avg("load_before"), "load_after": avg("load_after")})
-    return sorted(out, key=lambda g: (list(dict.fromkeys(r["arm"] for r in rows)).index(g["arm"]), g["budget"],
-                                      g["point"]))
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    return sorted(out, key=lambda g: (arms.index(g["arm"]), g["budget"], g["point"]))
 
 
 def floor_stats(rows: list[dict]) -> dict | None:
     return _stats([float(r["eval_mean"]) for r in rows]) if rows else None
 
 
-def seeds_text(n: int) -> str:
-    return f"{n} seed{'s' if n != 1 else ''}"
+def counted(n: int, noun: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def verdict(group: dict, base: dict | None) -> str:
@@ -88,7 +89,7 @@ def verdict(group: dict, base: dict | None) -> str:
         return "(baseline)"
     ratio = f"{group['mean'] / base['mean']:.2f}x" if base["mean"] > 0 else "n/a"
     n = group.get("n", MIN_SEEDS)
-    screen = "" if n >= MIN_SEEDS else f" (a screen: {seeds_text(n)}, not a verdict)"
+    screen = "" if n >= MIN_SEEDS else f" (a screen: {counted(n, 'seed')}, not a verdict)"
     if group["min"] > base["max"]:
         return f"{ratio}, wins (every seed above the baseline's best){screen}"
     if group["max"] < base["min"]:
@@ -122,7 +123,7 @@ def at_equal_steps(group: dict, baseline: str, runs: list[list[tuple[float, floa
         return f"past the baseline's {max(run[-1][0] for run in runs):,.0f} steps"
     level = sum(levels) / len(levels)
     return ((f"{group['mean'] / level:.2f}x" if level > 0 else "n/a")
-            + f" (baseline {level:.1f}, {len(levels)} run{'s' if len(levels) != 1 else ''})")
+            + f" (baseline {level:.1f}, {counted(len(levels), 'run')})")
 
 
 def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, sources: str,
@@ -135,7 +136,7 @@ def summary_markdown(rows: list[dict], floor_rows: list[dict], baseline: str, so
     lines = [
         "# Learning series: summary", "",
         f"Written by `./dqn python bench/learning_series.py --report` from {sources} ({len(rows)} rows, "
-        f"{len(machines)} machine{'s' if len(machines) != 1 else ''}).",
+        f"{counted(len(machines), 'machine')}).",
         f"Protocol: each timed snapshot plays {'/'.join(games)} games at epsilon {epsilon_text(rows)} on the "
         "evaluator's default game seeds (the same games for every arm), raw scores; mean, min and max are over "
         "seeds of the per-seed mean score. Runs went one at a time; load = the 1-minute load before / after each run. "
@@ -181,7 +182,7 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups, floor = summarise(rows), floor_stats(floor_rows)
+    groups, floor, epsilon = summarise(rows), floor_stats(floor_rows), epsilon_text(rows)
     curves: dict[tuple[str, float], list[dict]] = {}
     for g in groups:
         curves.setdefault((g["arm"], g["budget"]), []).append(g)
@@ -199,7 +200,7 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         n = max(g["n"] for g in mine)
         minutes = f" {key[1]:g} min" if len(budgets[key[0]]) > 1 else ""  # which of an arm's budgets
         line, = ax.plot(xs, [g["mean"] for g in mine], "o-" if key[1] <= 20 else "o--", ms=3, color=color,
-                        label=f"{key[0]}{minutes} ({seeds_text(n)})")
+                        label=f"{key[0]}{minutes} ({counted(n, 'seed')})")
         if band:
             ax.fill_between(xs, [g["min"] for g in mine], [g["max"] for g in mine], color=line.get_color(), alpha=0.2)
 
@@ -209,7 +210,7 @@ def plot(rows: list[dict], floor_rows: list[dict], path: Path, baseline: str = "
         draw(ax, (arm, budget), "point", 1.0, "C0" if arm != baseline else "grey")
         ax.set_title(textwrap.fill(f"{arm}: `{curves[(arm, budget)][0]['flags'] or 'defaults'}`", 60), fontsize=9)
         ax.set(xlabel=f"minutes from launch.py's start ({budget:g}-min runs)",
-               ylabel=f"score (eps {epsilon_text(rows)})")
+               ylabel=f"score (eps {epsilon})")
     for ax, x, scale, unit in ((flat[len(arms)], "env_steps", 1e-6, "agent steps (millions)"),
                                (flat[len(arms) + 1], "learner_steps", 1e-3, "learner updates (thousands)")):
         for i, key in enumerate(curves):
