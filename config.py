@@ -236,14 +236,15 @@ class Config:
 
     # ===== ALGORITHM: what is learned, and how =====
     # --- algorithm: what to play, for how long
-    preset: str = flag("apex", "hyperparameter set: apex (Ape-X: n-step 3, prioritized replay, double DQN, "
-                       "epsilon ladder, scaled to --num-actors; keras-rl's plain Atari network) or classic "
-                       "(keras-rl dqn_atari.py: 1-step, uniform replay, annealed epsilon); every value is listed "
-                       "at the end of --help",
-                       choices=("apex", "classic"))
+    preset: str = flag("tuned", "hyperparameter set: tuned (apex, but below 8 explorers the learning series' batch "
+                       "16, 4 samples per insert, Adam 2.5e-4, 10,000 steps of warm-up; docs/learning.md), apex "
+                       "(Ape-X: n-step 3, prioritized replay, double DQN, epsilon ladder, scaled to --num-actors) or "
+                       "classic (keras-rl dqn_atari.py: 1-step, uniform replay, annealed epsilon); values at the end "
+                       "of --help",
+                       choices=("tuned", "apex", "classic"))
     game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
     total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
-    learning_starts: int = flag(50_000, "agent steps collected before the learner starts", low=1)
+    learning_starts: int = flag(10_000, "agent steps collected before the learner starts", low=1)
     seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
     # --- algorithm: acting
     num_actors: int = flag(default_num_actors(), "explorer actors (default: CPU cores - 1)", low=1, high=4096)
@@ -264,17 +265,17 @@ class Config:
     replay_capacity: int = flag(1_000_000, "replay memory size in transitions (about 7 KB each); on a local run "
                                 "the default shrinks to what this machine's free memory holds (down to 100,000)",
                                 low=100)
-    samples_per_insert: float = flag(8.0, "replay ratio: transitions sampled per transition inserted "
-                                     "(8 = one batch of 32 every 4 agent steps, as DQN)", low=0.01)
+    samples_per_insert: float = flag(4.0, "replay ratio: transitions sampled per transition inserted (4: a batch "
+                                     "of 16 every 4 agent steps; DQN's 8: 32 every 4)", low=0.01)
     prioritized: bool = flag(True, "proportional prioritized replay (Schaul et al.); false: uniform")
     priority_alpha: float = flag(0.6, "priority exponent: P(i) ~ |td_i| ** alpha", low=0.0, high=1.0)
     priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
                                 "over the run's learner steps", low=0.0, high=1.0)
     n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
     # --- algorithm: learning
-    batch_size: int = flag(32, "transitions per learner update (apex preset: 32 per 4 explorers, 512 at most)",
-                           low=1, high=8192)
-    learning_rate: float = flag(1e-4, "Adam learning rate", low=0.0, high=1.0)
+    batch_size: int = flag(16, "transitions per learner update (tuned: 16 below 8 explorers; apex: 32 per 4 "
+                           "explorers, 512 at most)", low=1, high=8192)
+    learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
@@ -383,14 +384,9 @@ class Config:
         if self.resume and not merged:
             return
         self.snapshot_points  # noqa: B018 (raises on a malformed list)
-        if self.learning_starts > self.total_env_steps:
-            raise ValueError(
-                f"--learning-starts ({self.learning_starts}) exceeds --total-env-steps ({self.total_env_steps})"
-            )
-        if self.learning_starts > self.replay_capacity:
-            raise ValueError(
-                f"--learning-starts ({self.learning_starts}) exceeds --replay-capacity ({self.replay_capacity})"
-            )
+        for name, value in (("total-env-steps", self.total_env_steps), ("replay-capacity", self.replay_capacity)):
+            if self.learning_starts > value:
+                raise ValueError(f"--learning-starts ({self.learning_starts}) exceeds --{name} ({value})")
         per_stream = max(10, 4 + self.n_step + 1)  # a stack, its n-step horizon and one more
         if self.replay_capacity < per_stream * self.num_streams:
             raise ValueError(
@@ -400,11 +396,9 @@ class Config:
 
 
 def _apex(cfg: Config) -> dict[str, Any]:
-    """Ape-X (Horgan et al. 2018) on Adam, with what depends on the fleet scaled to it: 512-transition
-    batches and a 2M replay at Ape-X's scale, 32 per 4 explorers and 1M on one machine. Ape-X's dueling
-    head is left out: keras-rl's (the one a keras-rl agent can load) sits on the linear Dense(n_actions)
-    layer of this network, which adds no capacity, and the plain network is what every keras-rl Atari agent
-    loads."""
+    """Ape-X (Horgan et al. 2018) on Adam, scaled to the fleet: batches of 512 and a 2M replay at Ape-X's
+    scale, 32 per 4 explorers and 1M on one machine. No dueling head: keras-rl's sits on the linear
+    Dense(n_actions) layer of this network (no added capacity), and every keras-rl Atari agent loads the plain one."""
     return {
         "exploration": "ladder", "ladder_base": 0.4, "ladder_alpha": 7.0, "weight_sync_every": 400,
         "n_step": 3, "prioritized": True, "priority_alpha": 0.6, "priority_beta": 0.4,
@@ -427,7 +421,16 @@ def _classic(cfg: Config) -> dict[str, Any]:
     }
 
 
-PRESETS = {"apex": _apex, "classic": _classic}
+def _tuned(cfg: Config) -> dict[str, Any]:
+    """Apex with the learner settings the learning series chose where one CPU learner sets the pace
+    (docs/learning.md); apex itself from 8 explorers on, where its batch grows and no run measured."""
+    values = _apex(cfg)
+    if cfg.num_actors < 8:
+        values.update(batch_size=16, samples_per_insert=4.0, learning_rate=2.5e-4, learning_starts=10_000)
+    return values
+
+
+PRESETS = {"tuned": _tuned, "apex": _apex, "classic": _classic}
 
 
 def apply_preset(cfg: Config, given: set[str]) -> Config:
@@ -437,14 +440,14 @@ def apply_preset(cfg: Config, given: set[str]) -> Config:
 
 
 def preset_table() -> str:
-    """Every preset value, for --help and docs (the apex column is for 1 and 64 explorers)."""
+    """Every preset value, for --help and docs (a value that depends on the fleet: 1 / 64 explorers)."""
     names = sorted({k for make in PRESETS.values() for k in make(Config(num_actors=1))})
-    small, big = _apex(Config(num_actors=1)), _apex(Config(num_actors=64))
-    classic = _classic(Config(num_actors=1))
-    rows = [f"  {'flag':<22} {'apex (1 / 64 explorers)':<26} classic"]
-    for k in names:
-        apex = f"{small.get(k, '-')}" if small.get(k) == big.get(k) else f"{small[k]} / {big[k]}"
-        rows.append(f"  --{k.replace('_', '-'):<20} {apex:<26} {classic.get(k, '-')}")
+    columns = {name: (make(Config(num_actors=1)), make(Config(num_actors=64))) for name, make in PRESETS.items()}
+    cells = {name: {k: f"{a.get(k, '-')}" if a.get(k) == b.get(k) else f"{a[k]} / {b[k]}" for k in names}
+             for name, (a, b) in columns.items()}
+    rows = [f"  {'flag':<22} {'tuned (1 / 64 explorers)':<26} {'apex (1 / 64 explorers)':<26} classic"]
+    rows += [f"  --{k.replace('_', '-'):<20} {cells['tuned'][k]:<26} {cells['apex'][k]:<26} {cells['classic'][k]}"
+             for k in names]
     return "\n".join(rows)
 
 

@@ -5,7 +5,8 @@
     python launch.py --address auto --explorer-resource explorer --num-actors 16 --samples-per-insert 1 --batch-size 512
 
 On that cluster the head's learner sets the pace: ratio 1 and batch 512 keep its 16 explorers busy
-(docs/scaling.md); on one machine the apex preset's ratio 8 stays the default.
+(docs/scaling.md). On one machine the default preset, tuned, is apex with the learner settings the
+learning series chose there (docs/learning.md): a batch of 16 at 4 samples per insert.
 
 Data flows one way: explorers -> replay -> learner; only weights flow back (through Ray's object
 store). The driver (this process) keeps the replay ratio, shows progress, logs, and writes

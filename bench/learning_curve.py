@@ -1,4 +1,4 @@
-"""Learning curves on this machine: train.py (keras-rl) and launch.py (distributed, Ape-X preset)
+"""Learning curves on this machine: train.py (keras-rl) and launch.py (distributed, its default preset)
 for the same wall-clock budget, one after the other, then every saved network evaluated alike.
 
 Each trainer keeps a copy of its network every few thousand agent steps (``--snapshot-every``).
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--launch-rate", type=float, default=150.0,
                    help="expected launch.py agent steps/s, to space its snapshots (default: 150)")
     p.add_argument("--learning-starts", type=int, default=50_000,
-                   help="agent steps before learning, both trainers (default: 50000, both defaults)")
+                   help="agent steps before learning, both trainers (default: 50000, train.py's default)")
     p.add_argument("--memory", type=int, default=1_000_000, help="replay size of both (default: 1000000)")
     p.add_argument("--launch-args", default="", help="extra launch.py flags, e.g. '--preset classic'")
     p.add_argument("--train-args", default="", help="extra train.py flags, e.g. '--double-dqn true'")

@@ -2,8 +2,8 @@
 (an "arm": a name plus extra launch.py flags), each run alone for a wall-clock budget and scored at
 fixed minutes under one protocol, one CSV row per (arm, seed, point), resumable across sessions.
 
-    ./dqn python bench/learning_series.py --arm defaults --seeds 3 --minutes 20
-    ./dqn python bench/learning_series.py --arm spi2 --launch-args "--samples-per-insert 2" --seeds 3
+    ./dqn python bench/learning_series.py --arm defaults --launch-args "--preset apex" --seeds 3 --minutes 20
+    ./dqn python bench/learning_series.py --arm spi2 --launch-args "--preset apex --samples-per-insert 2" --seeds 3
     ./dqn python bench/learning_series.py --floor --seeds 3      # untrained networks, same protocol
     ./dqn python bench/learning_series.py --report               # summary.md, curves-MACHINE.png
 
@@ -17,7 +17,9 @@ runs anyway); the load is recorded before and after. Only after the run, each ti
 seeds (seed 0: the same games for every arm). Rows are appended to --csv as each run finishes;
 an (arm, seed, budget) already there from this machine is skipped, so a later session continues the
 series. Each machine (CPU model, cores, RAM, as every row records it) is a series of its own: equal
-wall clock is equal CPU only on one machine, so --report compares arms only within a machine.
+wall clock is equal CPU only on one machine, so --report compares arms only within a machine. The
+series' baseline arm, `defaults`, is launch.py's defaults before the tuned preset (2026-12-06), so
+every arm spells `--preset apex` first: its flags then mean the same on any commit.
 """
 
 from __future__ import annotations

@@ -283,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: --streams must be a comma-separated list of multiples of --envs-per-actor; --stream-rate, "
                  "--learner-rate, --batch, --writers and --seconds positive; --capacity at least 16 per stream")
 
-    cfg = apply_preset(Config(num_actors=max(levels) // args.envs_per_actor, envs_per_actor=args.envs_per_actor,
-                              weight_sync_every=args.weight_sync_every, seed=args.seed), set())
+    cfg = apply_preset(Config(preset="apex", num_actors=max(levels) // args.envs_per_actor,
+                              envs_per_actor=args.envs_per_actor, weight_sync_every=args.weight_sync_every,
+                              seed=args.seed), set())
     cores = sorted(os.sched_getaffinity(0))
     pinned = not args.no_pin and len(cores) >= 2
     if pinned:

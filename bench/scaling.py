@@ -26,10 +26,10 @@ from bench import common  # noqa: E402
 
 
 def explorer_config(n: int, args: argparse.Namespace):  # -> config.Config
-    """launch.py's defaults (the apex preset) for ``n`` explorers with this run's sizes."""
+    """The apex preset (launch.py's defaults from 8 explorers on) for ``n`` explorers with this run's sizes."""
     from config import Config, apply_preset
 
-    return apply_preset(Config(num_actors=n, envs_per_actor=args.envs, weight_sync_every=args.sync_every,
+    return apply_preset(Config(preset="apex", num_actors=n, envs_per_actor=args.envs, weight_sync_every=args.sync_every,
                                seed=args.seed, replay_capacity=args.capacity), set())
 
 

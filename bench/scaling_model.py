@@ -180,7 +180,7 @@ def apex_batch(explorers: int) -> int:
     """The apex preset's batch for this many explorers (config._apex): 32 per 4, 512 at most."""
     from config import Config, apply_preset
 
-    return apply_preset(Config(num_actors=explorers), set()).batch_size
+    return apply_preset(Config(preset="apex", num_actors=explorers), set()).batch_size
 
 
 def ceilings(inp: Inputs, s: Shape, batch: int, ratio: float) -> dict:
@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                             "head_reserved", "worker_explorers", "envs")}}
     shapes = c5_shapes(args)
     here = local_shape(inp, 1, args.envs, int(inp.machine["cores"]), _precision("auto", inp.machine))
-    print("\nPredictions at launch.py's defaults (apex preset: ratio 8, batch 32 per 4 explorers, 512 at most); "
+    print("\nPredictions with the apex preset (launch.py's defaults from 8 explorers on: ratio 8, batch 32 per 4 "
+          "explorers, 512 at most); "
           "ceilings in agent steps/s; 'needed' = learner updates/s that would keep every explorer busy:")
     header(["shape", "explorers", "batch", "learner", "explorers", "replay", "agent steps/s", "updates/s",
             "bottleneck", "needed upd/s"])
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(row([s.name, str(s.explorers), str(c["batch"]), *(_fmt(c["ceilings"][k]) for k in
                                                               ("learner", "explorers", "replay")),
                    _fmt(c["agent_steps_per_s"]), _upd(c), neck, f"{need:,.0f}"]))
-    print(f"\n`./dqn launch` with its defaults on one machine of N cores like this one's ({here.precision} learner, "
+    print(f"\n`./dqn launch --preset apex` on one machine of N cores like this one's ({here.precision} learner, "
           "N - 1 explorers, the apex preset's batch for them, ratio 8):")
     header(["cores", "explorers", "batch", "learner threads", "agent steps/s", "updates/s", "bottleneck",
             "hours per 1M agent steps"])

@@ -101,7 +101,7 @@ def main() -> int:
             "--address", cluster.address, "--explorer-resource", "explorer",
             "--num-actors", str(NUM_EXPLORERS), "--envs-per-actor", "2", "--weight-sync-every", "100",
             "--total-env-steps", "3000", "--learning-starts", "400", "--replay-capacity", "4000",
-            "--samples-per-insert", "1", "--updates-per-call", "10", "--learner-threads", "1",
+            "--samples-per-insert", "1", "--batch-size", "32", "--updates-per-call", "10", "--learner-threads", "1",
             "--export-every", "1000", "--log-every", "1", "--run-dir", str(run_dir),
         ], driver_class=RecordingDriver)
         report["run_seconds"] = round(time.monotonic() - start, 1)  # launch.main joined and left Ray itself
@@ -119,7 +119,7 @@ def main() -> int:
     from core.policy_file import PolicyFileError, check_policy_file
 
     try:
-        check_policy_file(run_dir / "policy.h5", build_q_network(4))  # the apex preset's plain network
+        check_policy_file(run_dir / "policy.h5", build_q_network(4))  # the default preset's plain network
         report["policy_ok"] = True
     except PolicyFileError as exc:
         report["policy_ok"] = str(exc)

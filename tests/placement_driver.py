@@ -115,7 +115,7 @@ def main() -> int:
         joiner.start()
         report["rc"] = launch.main([
             *common, "--envs-per-actor", "1", "--weight-sync-every", "100", "--total-env-steps", "2500",
-            "--learning-starts", "300", "--replay-capacity", "3000", "--samples-per-insert", "1",
+            "--learning-starts", "300", "--replay-capacity", "3000", "--samples-per-insert", "1", "--batch-size", "32",
             "--updates-per-call", "10", "--eval-every", "0", "--export-every", "1000", "--log-every", "5",
             "--run-dir", str(run_dir / "run"),
         ], driver_class=RecordingDriver)

@@ -1,7 +1,9 @@
-"""Presets: classic mirrors train.py (keras-rl dqn_atari.py), apex scales with the fleet, given flags win."""
+"""Presets: classic mirrors train.py (keras-rl dqn_atari.py), apex scales with the fleet, tuned is apex with
+the learning series' settings below 8 explorers, given flags win."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,6 +40,32 @@ def test_apex_preset_scales_with_the_number_of_explorers() -> None:
         assert (cfg.n_step, cfg.prioritized, cfg.dueling, cfg.double_dqn, cfg.exploration) == (
             3, True, False, True, "ladder")
         assert (cfg.priority_alpha, cfg.priority_beta, cfg.grad_clip_norm) == (0.6, 0.4, 40.0)
+
+
+def test_the_default_preset_is_apex_with_the_series_learner_settings_below_8_explorers() -> None:
+    """launch.py with no flags gets the learning series' choice (docs/learning.md) on a small machine and
+    exactly apex from 8 explorers on; the flags' own defaults (what --help shows) are the 1-explorer values."""
+    assert Config().preset == "tuned"
+    for n in (1, 7):
+        tuned, apex = (apply_preset(Config(preset=p, num_actors=n), given=set()) for p in ("tuned", "apex"))
+        assert (tuned.batch_size, tuned.samples_per_insert, tuned.learning_rate, tuned.learning_starts) == (
+            16, 4.0, 2.5e-4, 10_000)
+        assert (apex.batch_size, apex.samples_per_insert, apex.learning_rate, apex.learning_starts) == (
+            32, 8.0, 1e-4, 50_000)
+        # the rest is apex's, and an update still covers 4 agent steps (batch / ratio)
+        changed = {"batch_size", "samples_per_insert", "learning_rate", "learning_starts"}
+        assert {k: v for k, v in vars(tuned).items() if k not in changed | {"preset"}} == {
+            k: v for k, v in vars(apex).items() if k not in changed | {"preset"}}
+        assert tuned.batch_size / tuned.samples_per_insert == apex.batch_size / apex.samples_per_insert
+    for n in (8, 64):
+        tuned, apex = (apply_preset(Config(preset=p, num_actors=n), given=set()) for p in ("tuned", "apex"))
+        assert dataclasses.replace(tuned, preset="apex") == apex
+    defaults = apply_preset(Config(num_actors=1), given=set())
+    assert all(getattr(defaults, k) == getattr(Config(), k) for k in ("batch_size", "samples_per_insert",
+                                                                       "learning_rate", "learning_starts"))
+    table = preset_table().splitlines()
+    assert "tuned" in table[0] and "apex" in table[0]
+    assert next(r for r in table if "--batch-size" in r).split()[1:] == ["16", "/", "512", "32", "/", "512", "32"]
 
 
 def test_beta_anneals_to_one_over_the_run() -> None:
@@ -117,7 +145,7 @@ def test_a_default_replay_shrinks_to_fit_memory_and_a_chosen_one_is_refused(
 
     assert prepared(30e9, base).replay_capacity == 1_000_000  # fits: unchanged, no note
     assert capsys.readouterr().out == ""
-    cfg = prepared(6e9, base)  # the apex default (1M, prioritized) needs 7.1 GB + the actors'
+    cfg = prepared(6e9, base)  # the default (1M, prioritized) needs 7.1 GB + the actors'
     assert 100_000 <= cfg.replay_capacity < 1_000_000 and cfg.replay_capacity % 10_000 == 0
     assert need(cfg.replay_capacity) <= 6e9 < need(cfg.replay_capacity + 10_000)
     out = capsys.readouterr().out
@@ -138,7 +166,7 @@ def test_switches_need_no_value_and_help_gives_each_default_once() -> None:
     text = " ".join(build_parser(Config, "").format_help().split())
     assert "(default: runs/<game>-<time>)" in text and "(default: runs/<game>-<time>) (default" not in text
     assert "(default: CPU cores - 1) [1..4096]" in text and "[1..4096] (default" not in text
-    assert "512 at most) [1..8192] (default: 32)" in text  # flags without their own default note still get one
+    assert "512 at most) [1..8192] (default: 16)" in text  # flags without their own default note still get one
 
 
 def test_settings_are_grouped_as_algorithm_and_deployment_in_the_object_and_in_help() -> None:

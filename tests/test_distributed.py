@@ -223,8 +223,9 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     assert last["env_steps"] == 1200
-    # the replay ratio: 8 samples per inserted transition after learning starts, batches of 32
-    assert last["learner_steps"] == (1200 - 400) * 8 // 32
+    # the replay ratio of the default (tuned) preset: 4 samples per inserted transition after learning
+    # starts, batches of 16
+    assert last["learner_steps"] == (1200 - 400) * 4 // 16
     assert last["target_syncs"] == last["learner_steps"] // 50
     assert json.loads((run_dir / "config.json").read_text())["num_actors"] == 2
     assert (run_dir / "episodes.csv").read_text().startswith("env_step,stream,epsilon,score")
@@ -237,7 +238,7 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
     steps = [int(r.split(",")[1]) for r in snapshots]  # one as each multiple of 500 is passed
     assert len(steps) == 2 and 500 <= steps[0] < 1000 <= steps[1] and all((run_dir / r.split(",")[0]).is_file()
                                                                          for r in snapshots)
-    # the default (apex) run's files load into keras-rl's own dqn_atari.py agent, as its users have it
+    # the default (tuned) run's files load into keras-rl's own dqn_atari.py agent, as its users have it
     policies = [run_dir / "policy.h5", run_dir / "best-policy.h5"]
     assert all(p.stat().st_size > 6_000_000 for p in policies)
     stock_kerasrl(policies, tmp_path)
@@ -306,7 +307,8 @@ def test_killed_explorer_restarts_and_the_run_finishes(ray_session, tmp_path: Pa
     """SIGKILL an explorer mid-run: Ray restarts it, the driver counts it, the run completes."""
     run_dir = tmp_path / "run"
     argv = ["--num-actors", "2", "--envs-per-actor", "2", "--total-env-steps", "4000", "--learning-starts", "400",
-            "--replay-capacity", "5000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.5"]
+            "--replay-capacity", "5000", "--samples-per-insert", "1", "--batch-size", "32",
+            "--export-every", "1000", "--log-every", "0.5"]
     assert _run_and_kill(run_dir, argv, "ray::Explorer", "env_steps"), "never killed: the run ended too soon"
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["explorer_restarts"] >= 1
@@ -318,7 +320,8 @@ def test_killed_replay_restarts_empty_refills_and_the_run_finishes(ray_session, 
     """SIGKILL the replay actor mid-run: it comes back empty, learning waits for a refill, the run ends."""
     run_dir = tmp_path / "run"
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "3000", "--learning-starts", "400",
-            "--replay-capacity", "4000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.3"]
+            "--replay-capacity", "4000", "--samples-per-insert", "1", "--batch-size", "32",
+            "--export-every", "1000", "--log-every", "0.3"]
     assert _run_and_kill(run_dir, argv, "ray::ReplayServer", "learner_steps"), "the replay was never killed"
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["replay_restarts"] == 1
@@ -365,7 +368,8 @@ def test_killed_evaluator_restarts_and_evaluations_go_on(ray_session, tmp_path: 
     and the final one still land in evaluations.csv, and the run finishes."""
     run_dir = tmp_path / "run"
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "4000", "--learning-starts", "400",
-            "--replay-capacity", "5000", "--samples-per-insert", "1", "--export-every", "1000", "--log-every", "0.3",
+            "--replay-capacity", "5000", "--samples-per-insert", "1", "--batch-size", "32",
+            "--export-every", "1000", "--log-every", "0.3",
             "--eval-every", "400", "--eval-episodes", "2", "--eval-max-steps", "300",
             "--explorer-priority", "normal"]  # an idle-priority evaluator may finish no evaluation on a busy runner
     assert _run_and_kill(run_dir, argv, "ray::Evaluator", "eval_mean_score"), "the evaluator was never killed"

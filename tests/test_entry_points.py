@@ -42,7 +42,7 @@ def work(tmp_path_factory) -> Path:
 
 
 def test_launch_tiny_run_then_play_its_network_with_a_gif_are_quiet(work: Path) -> None:
-    """launch.py writes a network (the apex preset's plain one) and play.py plays it with a GIF, in
+    """launch.py writes a network (the default preset's plain one) and play.py plays it with a GIF, in
     one test so that play always has its input. The GIF recorder once kept the emulator alive
     until exit, where nanobind reported it as leaked."""
     run = work / "launch"

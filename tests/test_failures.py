@@ -513,7 +513,8 @@ def test_a_crash_between_the_replay_and_the_checkpoint_resumes_with_the_checkpoi
     script, run = tmp_path / "crash.py", tmp_path / "run"
     script.write_text(CRASH_SCRIPT)
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "300", "--replay-capacity", "3000",
-            "--samples-per-insert", "2", "--checkpoint-every", "16", "--export-every", "1000", "--log-every", "1",
+            "--samples-per-insert", "2", "--batch-size", "32",
+            "--checkpoint-every", "16", "--export-every", "1000", "--log-every", "1",
             "--total-env-steps", "1500", "--save-replay", "--eval-every", "0", "--address", ray_address]
     crashed = subprocess.run([sys.executable, str(script), *argv, "--run-dir", str(run)], env=env,
                              capture_output=True, text=True, timeout=600)
@@ -544,7 +545,8 @@ def test_a_killed_learner_restores_its_checkpoint_and_keeps_the_replay_ratio(ray
 
     total, starts, spi, batch = 3000, 400, 1, 32
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", str(total), "--learning-starts",
-            str(starts), "--replay-capacity", "4000", "--samples-per-insert", str(spi), "--updates-per-call", "4",
+            str(starts), "--replay-capacity", "4000", "--samples-per-insert", str(spi), "--batch-size", str(batch),
+            "--updates-per-call", "4",
             "--checkpoint-every", "16", "--export-every", "1000", "--log-every", "0.3"]
     run_dir = tmp_path / "run"
     # once learner step 24 is logged: past the first checkpoint (16)
@@ -594,7 +596,8 @@ def test_a_full_disk_says_what_is_whole_and_leaves_no_partial_file(ray_address: 
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="token", **kerasrl_compat.PROCESS_ENV)
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "300", "--replay-capacity", "3000",
-            "--samples-per-insert", "2", "--log-every", "1", "--total-env-steps", "1500", "--checkpoint-every", "20",
+            "--samples-per-insert", "2", "--batch-size", "32",
+            "--log-every", "1", "--total-env-steps", "1500", "--checkpoint-every", "20",
             "--export-every", "20", "--address", ray_address, "--run-dir", str(run)]
     proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv], env=env, capture_output=True, text=True,
                           timeout=600)

@@ -113,7 +113,7 @@ def run_launch(run_dir: Path, *extra: str) -> None:
     import launch
 
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "1200", "--learning-starts", "400",
-            "--replay-capacity", "3000", "--samples-per-insert", "1", "--log-every", "2",
+            "--replay-capacity", "3000", "--samples-per-insert", "1", "--batch-size", "32", "--log-every", "2",
             "--explorer-priority", "normal", "--run-dir", str(run_dir), *extra]
     assert launch.main(argv) == 0
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), **kerasrl_compat.PROCESS_ENV)
 JOIN_ENV = dict(ENV, RAY_AUTH_MODE="token")  # the session Ray has token auth on (STACK.md)
 TINY = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "300", "--replay-capacity", "3000",
-        "--samples-per-insert", "2", "--log-every", "0.5"]
+        "--samples-per-insert", "2", "--batch-size", "32", "--log-every", "0.5"]
 
 
 def _launch(args: list[str], **kwargs) -> subprocess.Popen:
@@ -92,7 +92,7 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     assert final_learner["steps"] == last["learner_steps"] and final_driver["generation"] == 1
     from core.policy_file import is_dueling_shapes, read_weight_shapes
 
-    assert not is_dueling_shapes(read_weight_shapes(run / "policy.h5"))  # whole: the apex preset's plain network
+    assert not is_dueling_shapes(read_weight_shapes(run / "policy.h5"))  # whole: the default preset's plain network
 
 
 def test_policy_h5_survives_kills_during_export(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_a_learner_gpu_the_cluster_lacks_is_refused(ray_session, capsys: pytest.
 
 # --- a crash and a resume with --save-replay (issue 20) --------------------------------------------
 RESUME_RUN = ["--num-actors", "1", "--envs-per-actor", "2", "--learning-starts", "600", "--replay-capacity", "6000",
-              "--samples-per-insert", "4", "--updates-per-call", "4", "--weight-sync-every", "50",
+              "--samples-per-insert", "4", "--batch-size", "32", "--updates-per-call", "4", "--weight-sync-every", "50",
               "--checkpoint-every", "200", "--export-every", "1000", "--log-every", "0.3", "--save-replay",
               "--eval-every", "1000", "--eval-episodes", "1", "--eval-max-steps", "300", "--snapshot-every", "500",
               "--total-env-steps", "5000"]
