@@ -180,8 +180,6 @@ def parse_minutes(text: str | None, name: str) -> tuple[float, ...]:
 
 def hms(seconds: float) -> str:
     """``H:MM:SS`` for the progress lines of train.py and launch.py (``--:--:--`` when unknown)."""
-    import math
-
     if not math.isfinite(seconds):
         return "--:--:--"
     s = int(seconds)
@@ -218,8 +216,9 @@ class Config:
             "replay_capacity", "samples_per_insert", "prioritized", "priority_alpha", "priority_beta", "n_step",
         ),
         "algorithm: learning": (
-            "batch_size", "learning_rate", "adam_epsilon", "gamma", "huber_delta", "grad_clip_norm", "double_dqn",
-            "dueling", "target_update", "adam_reset", "updates_per_call", "init_weights",
+            "batch_size", "learning_rate", "learning_rate_end", "adam_epsilon", "gamma", "huber_delta",
+            "grad_clip_norm", "double_dqn", "dueling", "target_update", "adam_reset", "updates_per_call",
+            "init_weights",
         ),
         "algorithm: evaluation": (
             "eval_every", "eval_episodes", "eval_epsilon", "eval_max_steps",
@@ -276,16 +275,18 @@ class Config:
     batch_size: int = flag(16, "transitions per learner update (tuned: 16 below 8 explorers; apex: 32 per 4 "
                            "explorers, 512 at most)", low=1, high=8192)
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
+    learning_rate_end: float | None = flag(None, "anneal the rate linearly from --learning-rate to this at the run's "
+                                           "last learner step, as beta (set by --total-env-steps; a --resume goes "
+                                           "on from the rate it reached); unset: constant", low=0.0, high=1.0)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
     grad_clip_norm: float = flag(40.0, "clip gradients to this global norm (0: off)", low=0.0)
     double_dqn: bool = flag(True, "double DQN targets (online network picks, target network evaluates)")
-    dueling: bool = flag(False, "keras-rl's dueling variant (DQNAgent(enable_dueling_network=True, "
-                         "dueling_type='avg')): on the Atari example network keras-rl puts V and A on the linear "
-                         "Dense(n_actions) layer, so Q is still one linear map of the 512 features (no capacity "
-                         "over the plain head), and policy.h5 loads only into keras-rl's dueling agent (see "
-                         "docs/learning.md); default off: the plain network every keras-rl Atari agent loads")
+    dueling: bool = flag(False, "keras-rl's dueling variant (enable_dueling_network=True, dueling_type='avg'): "
+                         "on the Atari network it adds no capacity (V and A sit on the linear head) and policy.h5 "
+                         "loads only into keras-rl's dueling agent (docs/learning.md); off: what every keras-rl "
+                         "Atari agent loads")
     target_update: int = flag(2_500, "copy the online network to the target every N learner steps (updates, "
                               "not agent steps as in train.py: 2,500 updates = DQN's 10,000 agent steps at 4 steps "
                               "per update)", low=1)

@@ -120,6 +120,7 @@ class RunLog:
             "mean_score_100": mean if self.scores else None,
             "td_loss": learner.get("loss"),
             "mean_q": learner.get("mean_q"),
+            "learning_rate": learner.get("learning_rate"),
             "epsilon": epsilon,
             "target_syncs": learner.get("target_syncs", 0),
             "eval_mean_score": self.last_eval,
@@ -128,7 +129,8 @@ class RunLog:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         with self.writer.as_default():
-            for key in ("env_steps_per_s", "learner_steps_per_s", "replay_size", "epsilon", "td_loss", "mean_q"):
+            for key in ("env_steps_per_s", "learner_steps_per_s", "replay_size", "epsilon", "td_loss", "mean_q",
+                        "learning_rate"):
                 if record[key] is not None and not (isinstance(record[key], float) and math.isnan(record[key])):
                     self.tf.summary.scalar(key, record[key], step=env_steps)
         self.writer.flush()

@@ -79,6 +79,7 @@ class Learner:
         # replay that Ray restarted has a new one, and the old one's keys mean nothing to it
         self.replay_instance: str | None = None
         self.beta_from = (0, cfg.priority_beta)  # (learner steps, beta) the annealing starts from
+        self.rate_from = (0, cfg.learning_rate)  # (learner steps, rate) the same for --learning-rate-end
         self._train_step = self._make_train_step(tf)
 
     def _make_train_step(self, tf: Any) -> Any:
@@ -123,13 +124,23 @@ class Learner:
         return train_step
 
     # --- batches -------------------------------------------------------------------------
+    def _annealed(self, start: tuple[int, float], end: float) -> float:
+        """Linear from ``start`` (learner steps, value) to ``end`` at the run's last learner step, so a
+        resumed run with a larger --total-env-steps goes on from the value it reached."""
+        s0, v0 = start
+        frac = min(1.0, max(0, self.steps - s0) / max(1, self.cfg.total_learner_steps - s0))
+        return v0 + frac * (end - v0)
+
     @property
     def beta(self) -> float:
-        """The importance-sampling exponent now: linear from ``beta_from`` to 1 at the run's last
-        learner step. A resumed run with a larger --total-env-steps goes on from the beta it reached."""
-        s0, b0 = self.beta_from
-        frac = min(1.0, max(0, self.steps - s0) / max(1, self.cfg.total_learner_steps - s0))
-        return b0 + frac * (1.0 - b0)
+        """The importance-sampling exponent now: annealed to 1."""
+        return self._annealed(self.beta_from, 1.0)
+
+    @property
+    def learning_rate(self) -> float:
+        """Adam's rate now: --learning-rate, annealed to --learning-rate-end when that is set."""
+        end = self.cfg.learning_rate_end
+        return self.cfg.learning_rate if end is None else self._annealed(self.rate_from, end)
 
     def _request(self) -> None:
         self._requests.append(self.replay.sample_for_learner.remote(
@@ -176,6 +187,8 @@ class Learner:
     def update(self, batch: Any) -> tuple[float, float, np.ndarray]:
         """One DQN update on ``batch``; sync the target every ``target_update`` steps."""
         horizon = np.asarray(batch.horizon, np.int32)
+        if self.cfg.learning_rate_end is not None:  # a variable the compiled step reads: no retracing
+            self.optimizer.learning_rate = self.learning_rate
         frames = getattr(batch, "frames", None)
         if frames is None:  # a replay.Batch: lay state0 and state1 out as a packed row
             frames = np.zeros((len(horizon), WINDOW + int(horizon.max()), *FRAME_SHAPE), np.uint8)
@@ -259,6 +272,7 @@ class Learner:
             "target_syncs": self.target_syncs,
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "mean_q": float(np.mean(qs)) if qs else float("nan"),
+            "learning_rate": self.learning_rate,
             "seconds": time.perf_counter() - t0,
             "wait_seconds": waited,
         }
@@ -298,6 +312,7 @@ class Learner:
             "target_syncs": self.target_syncs,
             "weights_version": self.weights_version,
             "beta": self.beta,
+            "learning_rate": self.learning_rate,
         }
 
     def set_state(self, state: dict, min_version: int = 0) -> bool:
@@ -306,7 +321,8 @@ class Learner:
 
         ``min_version``: the weights versions handed out from now on are at least this (the
         driver passes one past the newest it has seen, so no explorer mistakes new weights for
-        ones it holds). Beta goes on from the checkpoint's value, also under a new --total-env-steps.
+        ones it holds). Beta and an annealed rate go on from the checkpoint's values, also under a new
+        --total-env-steps.
         """
         self.online.set_weights(state["online"])
         self.target.set_weights(state["target"])
@@ -320,4 +336,5 @@ class Learner:
         self.weights_version = int(state["weights_version"])
         self.versions_from(min_version)
         self.beta_from = (self.steps, float(state.get("beta", self.cfg.beta(self.steps))))
+        self.rate_from = (self.steps, float(state.get("learning_rate", self.cfg.learning_rate)))
         return restored

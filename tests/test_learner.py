@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -178,3 +180,45 @@ def test_adam_reset_zeroes_the_moments_and_step_at_each_target_sync_and_off_chan
                     default.get_state()["optimizer"] + default.online.get_weights() + default.target.get_weights(),
                     strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+def test_learning_rate_end_anneals_the_rate_the_compiled_step_uses_and_a_restore_goes_on_from_it() -> None:
+    """--learning-rate-end: the rate falls linearly over the run's learner steps (here 10) and then
+    holds; the update at step 6 is, weight for weight, a constant-rate learner's at that step's rate
+    from the same state; a restored learner with a longer run anneals on from the rate it reached;
+    unset, the rate never moves."""
+    from learner.learner import Learner
+
+    cfg = Config(batch_size=B, samples_per_insert=1.0, total_env_steps=100, learning_starts=20,
+                 learning_rate=1e-3, learning_rate_end=1e-4)
+    assert cfg.total_learner_steps == 10
+    rng = np.random.default_rng(5)
+    batches = [_batch(rng, 3) for _ in range(13)]
+    annealed = Learner(cfg, n_actions=4)
+    for step, b in enumerate(batches[:6]):
+        annealed.update(b)
+        expected = 1e-3 + step / 10 * (1e-4 - 1e-3)  # the rate of the step just taken
+        assert float(annealed.optimizer.learning_rate.numpy()) == pytest.approx(expected, rel=1e-6)
+    rate6 = 1e-3 + 6 / 10 * (1e-4 - 1e-3)
+    assert annealed.learning_rate == pytest.approx(rate6)
+    state = annealed.get_state()
+    assert state["learning_rate"] == pytest.approx(rate6)
+    constant = Learner(Config(batch_size=B, learning_rate=rate6), n_actions=4)
+    longer = Learner(dataclasses.replace(cfg, total_env_steps=180), n_actions=4)  # 20 learner steps
+    for other in (constant, longer):
+        other.set_state(state)
+    for learner in (annealed, constant):
+        learner.update(batches[6])
+    for a, c in zip(annealed.online.get_weights(), constant.online.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, c)
+    for b in batches[7:]:
+        annealed.update(b)
+    assert annealed.learning_rate == pytest.approx(1e-4) and annealed.steps == 13
+    assert longer.learning_rate == pytest.approx(rate6)  # goes on from it: 14 steps to the end
+    for b in batches[6:13]:
+        longer.update(b)
+    assert longer.learning_rate == pytest.approx(rate6 + 7 / 14 * (1e-4 - rate6))
+    for b in batches[:3]:
+        constant.update(b)
+    assert float(constant.optimizer.learning_rate.numpy()) == pytest.approx(rate6, rel=1e-6)
+    assert constant.learning_rate == rate6 and constant.get_state()["learning_rate"] == rate6

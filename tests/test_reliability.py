@@ -65,13 +65,17 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
 
     run = tmp_path / "run"
     args = [*TINY, "--total-env-steps", "6000", "--checkpoint-every", "20", "--export-every", "20",
-            "--address", ray_address, "--run-dir", str(run)]
+            "--learning-rate", "0.001", "--learning-rate-end", "0.0001", "--address", ray_address,
+            "--run-dir", str(run)]
     proc = _launch(args)
     with _sigkilled_after(proc, proc.stdout.read):
         _wait_for(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, 240, "a first checkpoint")
     learner_state, driver_state = load_checkpoint(run)
     assert 0 < driver_state["env_steps"] < 6000
     assert learner_state["steps"] >= 20 and driver_state["updates_done"] == learner_state["steps"]
+    total_updates = (6000 - 300) * 2 // 32  # the anneal's end: the run's last learner step
+    saved_rate = 1e-3 + learner_state["steps"] / total_updates * (1e-4 - 1e-3)
+    assert learner_state["learning_rate"] == pytest.approx(saved_rate)
     killed_at = _records(run)[-1]
 
     resumed = _launch(["--resume", str(run), "--address", ray_address])
@@ -90,6 +94,11 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     assert last["games"] >= driver_state["games"]
     final_learner, final_driver = load_checkpoint(run)
     assert final_learner["steps"] == last["learner_steps"] and final_driver["generation"] == 1
+    # --learning-rate-end: the resumed run anneals on from the saved rate, never back up
+    rates = [r["learning_rate"] for r in after[len(_records_before):] if r.get("learning_rate") is not None]
+    assert rates == sorted(rates, reverse=True) and saved_rate >= rates[0] > rates[-1]
+    frac = (last["learner_steps"] - learner_state["steps"]) / (total_updates - learner_state["steps"])
+    assert final_learner["learning_rate"] == pytest.approx(saved_rate + frac * (1e-4 - saved_rate))
     from core.policy_file import is_dueling_shapes, read_weight_shapes
 
     assert not is_dueling_shapes(read_weight_shapes(run / "policy.h5"))  # whole: the default preset's plain network
