@@ -1,189 +1,14 @@
-"""Command-line flags from dataclass fields: one config object per program, validated once.
-
-Every field declared with :func:`flag` becomes ``--field-name`` with its default and help text
-in ``--help``; ranges are checked before any work starts and a bad value is a one-line error.
-"""
+"""launch.py's one config object: every setting of a distributed run, its flags (flags.py) and presets."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import math
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-T = TypeVar("T")
+from flags import flag, parse_minutes
+
 PRECISIONS = ("auto", "float32", "bfloat16")  # of the networks' arithmetic (core.network)
 PRIORITIES = ("idle", "low", "normal")  # CPU priority of explorers and the evaluator (actors.cpu_priority)
-
-
-def flag(
-    default: Any,
-    help: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    choices: Sequence[Any] | None = None,
-    positional: bool = False,
-) -> Any:
-    """A dataclass field that is also a command-line flag; ``low``/``high`` are inclusive.
-    ``positional``: an optional argument without a flag name (``play.py RUN_DIR``)."""
-    meta = {"help": help, "low": low, "high": high, "choices": choices, "positional": positional}
-    return dataclasses.field(default=default, metadata=meta)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the whole usage block
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(2)
-
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-_TYPES = {"int": int, "float": float, "str": str, "bool": _bool}
-
-
-def _base_type(f: dataclasses.Field) -> str:
-    """``int``, ``float``, ``str`` or ``bool`` from a field's annotation (``int | None`` -> int)."""
-    name = f.type if isinstance(f.type, str) else f.type.__name__
-    return name.replace("| None", "").replace("None |", "").strip()
-
-
-def _describe(f: dataclasses.Field) -> str:
-    meta = f.metadata
-    text = meta["help"]
-    if meta["low"] is not None and meta["high"] is not None:
-        text += f" [{meta['low']}..{meta['high']}]"
-    elif meta["low"] is not None:
-        text += f" [>= {meta['low']}]"
-    return text if "(default" in meta["help"] else text + " (default: %(default)s)"
-
-
-def build_parser(
-    cls: type, description: str, epilog: str | None = None, prog: str | None = None
-) -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=prog,
-        allow_abbrev=False,  # a typo like --num-actor must not silently mean --num-actors
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    groups = {title: parser.add_argument_group(title) for title in getattr(cls, "GROUPS", {})}
-    group_of = {name: groups[title] for title, names in getattr(cls, "GROUPS", {}).items() for name in names}
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
-        where = group_of.get(f.name, parser)
-        name = "--" + f.name.replace("_", "-")
-        kind = _TYPES[_base_type(f)]
-        if f.metadata.get("positional"):
-            parser.add_argument(f.name, type=kind, nargs="?", default=f.default, metavar=f.name.upper(),
-                                help=f.metadata["help"])
-        elif kind is _bool:
-            # a bare --flag means true, as users expect of a switch; --flag false still works
-            where.add_argument(name, type=_bool, nargs="?", const=True, default=f.default, metavar="{true,false}",
-                               help=_describe(f))
-        else:
-            where.add_argument(
-                name, type=kind, default=f.default, choices=f.metadata["choices"], help=_describe(f)
-            )
-    return parser
-
-
-def check_ranges(cfg: Any) -> None:
-    """Raise ValueError naming the first field outside its declared range."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        low, high = f.metadata.get("low"), f.metadata.get("high")
-        if value is None:
-            continue
-        flag_name = "--" + f.name.replace("_", "-")
-        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison
-            raise ValueError(f"{flag_name} must be a finite number, got {value}")
-        if low is not None and value < low:
-            raise ValueError(f"{flag_name} must be >= {low}, got {value}")
-        if high is not None and value > high:
-            raise ValueError(f"{flag_name} must be <= {high}, got {value}")
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """Raise ValueError unless ``folder`` exists or can be made, and takes a file. Leaves no
-    trace: folders it made for the probe are removed (the run makes them for real later)."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} {folder} is a file; give a folder")
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write to {what} {folder} ({exc.strerror}); choose a writable folder") from None
-    finally:
-        for made in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                made.rmdir()
-
-
-def check_run_dir(run_dir: Path, holds: Sequence[str], hint: str) -> None:
-    """A run directory must take files and must not hold another run's ``holds`` (nothing is overwritten)."""
-    if run_dir.is_dir() and any((run_dir / name).exists() for name in holds):
-        raise ValueError(f"{run_dir} already holds a run; {hint}")
-    check_writable_folder(run_dir, "--run-dir")
-
-
-def parse(
-    cls: type[T], argv: Sequence[str] | None, description: str, epilog: str | None = None, prog: str | None = None
-) -> T:
-    """Parse ``argv`` into ``cls``; exit 2 with a one-line message on any bad value.
-
-    ``cls`` may define ``validate(self)`` raising ValueError for checks across fields.
-    """
-    parser = build_parser(cls, description, epilog, prog)
-    args = parser.parse_args(argv)
-    cfg = cls(**{k: v for k, v in vars(args).items()})
-    try:
-        check_ranges(cfg)
-        if hasattr(cfg, "validate"):
-            cfg.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    return cfg
-
-
-def parse_minutes(text: str | None, name: str) -> tuple[float, ...]:
-    """``"5,10,20"`` -> (5.0, 10.0, 20.0): points in minutes, each > 0, strictly increasing (``None``
-    or ``""``: none). Raises ValueError with a one-line message naming ``name``."""
-    if not text or not text.strip():
-        return ()
-    try:
-        points = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        points = ()
-    if (not points or not all(math.isfinite(p) and p > 0 for p in points)
-            or any(b <= a for a, b in zip(points, points[1:], strict=False))):
-        raise ValueError(f"{name} takes minutes > 0 in increasing order, comma-separated (e.g. 5,10,20), "
-                         f"not {text!r}")
-    return points
-
-
-def hms(seconds: float) -> str:
-    """``H:MM:SS`` for the progress lines of train.py and launch.py (``--:--:--`` when unknown)."""
-    if not math.isfinite(seconds):
-        return "--:--:--"
-    s = int(seconds)
-    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def default_num_actors() -> int:
@@ -206,7 +31,7 @@ class Config:
     #: ``--help`` sections, in order: title -> the fields shown under it
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "algorithm: what to play, for how long": (
-            "preset", "game", "total_env_steps", "learning_starts", "seed",
+            "preset", "game", "total_env_steps", "max_minutes", "learning_starts", "seed",
         ),
         "algorithm: acting": (
             "num_actors", "envs_per_actor", "exploration", "ladder_base", "ladder_alpha", "epsilon", "eps_start",
@@ -243,6 +68,11 @@ class Config:
                        choices=("tuned", "apex", "classic"))
     game: str = flag("Breakout", "ALE game name (Breakout, Pong, SpaceInvaders, ...)")
     total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
+    max_minutes: float | None = flag(None, "also stop after this many minutes of wall clock, counted from the "
+                                     "launch.py process start (a --resume goes on from the wall clock its checkpoint "
+                                     "had run), whichever of this and --total-env-steps comes first; beta's anneal and "
+                                     "--learning-rate-end's end there too, so an anneal fits a time budget (unset: "
+                                     "steps only)", low=0.01)
     learning_starts: int = flag(10_000, "agent steps collected before the learner starts", low=1)
     seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
     # --- algorithm: acting
@@ -269,15 +99,17 @@ class Config:
     prioritized: bool = flag(True, "proportional prioritized replay (Schaul et al.); false: uniform")
     priority_alpha: float = flag(0.6, "priority exponent: P(i) ~ |td_i| ** alpha", low=0.0, high=1.0)
     priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
-                                "over the run's learner steps", low=0.0, high=1.0)
+                                "over the run's learner steps (or --max-minutes, if that ends it first)", low=0.0,
+                                high=1.0)
     n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
     # --- algorithm: learning
     batch_size: int = flag(16, "transitions per learner update (tuned: 16 below 8 explorers; apex: 32 per 4 "
                            "explorers, 512 at most)", low=1, high=8192)
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
     learning_rate_end: float | None = flag(None, "anneal the rate linearly from --learning-rate to this at the run's "
-                                           "last learner step, as beta (set by --total-env-steps; a --resume goes "
-                                           "on from the rate it reached); unset: constant", low=0.0, high=1.0)
+                                           "end, as beta (its last learner step by --total-env-steps, or "
+                                           "--max-minutes if that comes first; a --resume goes on from the rate it "
+                                           "reached); unset: constant", low=0.0, high=1.0)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
@@ -374,10 +206,17 @@ class Config:
         spent = max(0, self.total_env_steps - self.learning_starts)
         return max(1, int(spent * self.samples_per_insert / self.batch_size))
 
-    def beta(self, learner_steps: int) -> float:
+    def progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
+        """How far the run is, 0 to 1: its learner steps of :attr:`total_learner_steps` or, with
+        --max-minutes, its wall clock of that budget, whichever is further (the anneals end where the run does)."""
+        frac = learner_steps / self.total_learner_steps
+        if self.max_minutes is not None:
+            frac = max(frac, wall_seconds / (60 * self.max_minutes))
+        return min(1.0, frac)
+
+    def beta(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
         """Importance-sampling exponent: --priority-beta at the start, 1 at the end of the run."""
-        frac = min(1.0, learner_steps / self.total_learner_steps)
-        return self.priority_beta + frac * (1.0 - self.priority_beta)
+        return self.priority_beta + self.progress(learner_steps, wall_seconds) * (1.0 - self.priority_beta)
 
     def validate(self, merged: bool = False) -> None:
         """Checks across flags. A ``--resume`` is checked by distributed.preflight once merged with the saved
@@ -450,11 +289,3 @@ def preset_table() -> str:
     rows += [f"  --{k.replace('_', '-'):<20} {cells['tuned'][k]:<26} {cells['apex'][k]:<26} {cells['classic'][k]}"
              for k in names]
     return "\n".join(rows)
-
-
-def given_flags(cls: type, argv: Sequence[str] | None) -> set[str]:
-    """Names of the fields whose flags appear in ``argv`` (to let them override a saved config)."""
-    parser = build_parser(cls, "")
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))

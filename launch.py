@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from config import Config, parse, preset_table
+from config import Config, preset_table
 from core.atomic import write_atomically
 from distributed import LaunchError
 from distributed.disk import SaveFailed
 from distributed.preflight import prepare
+from flags import parse
 
 EPILOG = """run directory (--run-dir):
   policy.h5        newest Q-network, keras-rl DQNAgent format (every --export-every learner steps, and at the end)
@@ -90,9 +91,10 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
     driver = None
     try:
         what = f"resuming {run_dir} at" if resume else "starting"
+        budget = f" or {cfg.max_minutes:g} minutes, whichever comes first" if cfg.max_minutes is not None else ""
         print(
-            f"{cfg.game}: {what} {resume[1]['env_steps'] if resume else 0:,} of {cfg.total_env_steps:,} agent steps;"
-            f" {cfg.num_actors} explorer(s) x {cfg.envs_per_actor} emulators, replay {cfg.replay_capacity:,};"
+            f"{cfg.game}: {what} {resume[1]['env_steps'] if resume else 0:,} of {cfg.total_env_steps:,} agent steps"
+            f"{budget}; {cfg.num_actors} explorer(s) x {cfg.envs_per_actor} emulators, replay {cfg.replay_capacity:,};"
             f" run dir {run_dir}/ (Ctrl-C stops, exports and checkpoints)",
             flush=True,
         )
@@ -129,7 +131,8 @@ def launch(cfg: Config, resume: tuple[dict, dict] | None = None, driver_class: t
         if failed or unsaved:
             line = saved.failure(" and ".join(unsaved), saved.write_error[1], final=True) if unsaved else ""
             raise SaveFailed("; ".join(x for x in (failed, line) if x))
-        print(f"{'stopped by ' + stopped if stopped else 'done'}: {driver.env_steps:,} agent steps, "
+        done = f"done at --max-minutes {cfg.max_minutes:g}" if driver.out_of_time else "done"
+        print(f"{'stopped by ' + stopped if stopped else done}: {driver.env_steps:,} agent steps, "
               f"{driver.updates_done:,} learner steps; network saved to {run_dir / 'policy.h5'}, checkpoint in "
               f"{run_dir}/", flush=True)
     finally:

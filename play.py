@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import kerasrl_compat
-from config import check_writable_folder, flag, given_flags, parse
+from flags import check_writable_folder, flag, given_flags, parse
 
 EPILOG = """examples:
   python play.py runs/<run>                       # its best-policy.h5 (else policy.h5), on its own game

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import check_run_dir, check_writable_folder, flag, hms, parse
+from flags import check_run_dir, check_writable_folder, flag, hms, parse
 
 EPILOG = """outputs:
   OUTPUT                   the final Q-network (keras-rl DQNAgent.save_weights), also on Ctrl-C

@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common, series_report  # noqa: E402
 from bench.end_to_end import run_for  # noqa: E402
-from config import parse_minutes  # noqa: E402
+from flags import parse_minutes  # noqa: E402
 
 EVAL_EPSILON = 0.05
 STANDARD_POINTS = (5.0, 10.0, 20.0, 40.0, 60.0)
@@ -293,7 +293,8 @@ def _fail(message: str) -> None:
 
 def check_launch_flags(args: argparse.Namespace) -> None:
     """launch.py's own parser on the arm's flags, so a typo fails now, not after the first run's start-up."""
-    from config import Config, parse
+    from config import Config
+    from flags import parse
 
     try:
         parse(Config, [*shlex.split(args.launch_args), "--seed", "0"], "", prog="launch.py (--launch-args)")

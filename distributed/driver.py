@@ -111,6 +111,9 @@ class Driver:
         # that moved back by the wall clock its checkpoint had run (the stretch past it is played again)
         ran = float(state.get("wall_seconds", 0.0))
         self.origin = self.clock_origin() - ran
+        # --max-minutes as a time.monotonic() deadline: nothing new is issued past it
+        self.deadline = self.origin + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
+        self.out_of_time = False
         self.log = RunLog(cfg, run_dir, games=state.get("games", 0), resumed_at=state["env_steps"] if resume else None,
                           updates=int(learner_state["steps"]) if learner_state else 0, start=self.origin)
         self.saved = Saved(run_dir, int(learner_state["steps"]) if learner_state else None)
@@ -148,7 +151,8 @@ class Driver:
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        """Play and learn until --total-env-steps; raise :class:`Stop` when the stop flag is set."""
+        """Play and learn until --total-env-steps or --max-minutes, whichever comes first; raise
+        :class:`Stop` when the stop flag is set."""
         ray, cfg = self.ray, self.cfg
         running: dict[Any, int] = {}  # actor futures -> actor index
         idle = set(range(cfg.num_actors))
@@ -157,16 +161,17 @@ class Driver:
         while True:
             if self.stop:
                 raise Stop(self.stop.reason)
+            self.out_of_time = time.monotonic() >= self.deadline  # what is in flight still lands
             for i in sorted(idle):
-                if self.pacer.actor_may_run():
+                if not self.out_of_time and self.pacer.actor_may_run():
                     steps = self.pacer.issue_explorer_run()
                     ref = self.explorers[i].run.remote(self.weights, steps, self.env_steps)
                     self._issued[ref] = steps
                     running[ref] = i
                     idle.discard(i)
-            if learner_future is None:
+            if learner_future is None and not self.out_of_time:
                 n = self.learner_asked = self.pacer.issue_learner_call()
-                learner_future = self.learner.train.remote(n, self.replay_instance) if n else None
+                learner_future = self.learner.train.remote(n, self.replay_instance, self.wall()) if n else None
             if not running and learner_future is None:
                 self.placement.poll(now_or_never=True)  # every explorer has played: say so if one waited
                 break
@@ -190,6 +195,11 @@ class Driver:
                 self.print_progress(self.replay_size())
         # let the last pushes land; an explorer that is restarting has nothing left to flush
         ray.wait([e.flush.remote() for e in self.explorers], num_returns=len(self.explorers), timeout=30)
+        if self.out_of_time:
+            print(f"--max-minutes {cfg.max_minutes:g} reached: {self.env_steps:,} of {cfg.total_env_steps:,} agent "
+                  "steps played", flush=True)
+            if self.points and time.monotonic() >= self.points[0][0]:
+                self.timed_snapshots(time.monotonic())  # a point at the budget's end
 
     def final_evaluation(self) -> None:
         self.evaluations.final(self.weights, self.env_steps, self.updates_done, self.stop)
@@ -242,6 +252,10 @@ class Driver:
     def clock_origin(self) -> float:
         """The ``time.monotonic()`` at which this process started."""
         return time.monotonic() - process_age()
+
+    def wall(self) -> float:
+        """The run's wall clock in seconds (a resumed run's counts on from its checkpoint's)."""
+        return time.monotonic() - self.origin
 
     def timed_snapshots(self, now: float) -> None:
         """One copy of the newest network for each --snapshot-minutes point passed (several when the
@@ -322,7 +336,7 @@ class Driver:
 
     # --- state on disk ----------------------------------------------------------------------
     def restore_learner(self, learner_state: dict, min_version: int = 0) -> None:
-        if not self.ray.get(self.learner.set_state.remote(learner_state, min_version)):
+        if not self.ray.get(self.learner.set_state.remote(learner_state, min_version, self.wall())):
             print("the checkpoint's Adam state is from an older version of this program: the networks and "
                   "counters are restored, Adam's moments start afresh", flush=True)
 
@@ -371,7 +385,7 @@ class Driver:
             "n_actions": self.n_actions,
             "game": self.cfg.game,
             "refill_from": list(self.pacer.refill_from),
-            "wall_seconds": round(time.monotonic() - self.origin, 1),
+            "wall_seconds": round(self.wall(), 1),
             "best_eval": self.evaluations.best if math.isfinite(self.evaluations.best) else None,
         }
 

@@ -14,10 +14,11 @@ import os
 import time
 from pathlib import Path
 
-from config import Config, apply_preset, check_ranges, check_run_dir, given_flags
+from config import Config, apply_preset
 from distributed import LaunchError
 from distributed.checkpoint import CHECKPOINT, REPLAY_FILE, CheckpointError, load_checkpoint
 from distributed.raystart import job_runtime_env
+from flags import check_ranges, check_run_dir, given_flags
 
 
 def check_cluster(cfg: Config) -> None:
@@ -180,6 +181,10 @@ def resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[di
             f"{run_dir} already played {driver['env_steps']:,} of --total-env-steps {new.total_env_steps:,}; "
             f"pass a larger --total-env-steps to continue it"
         )
+    ran = float(driver.get("wall_seconds", 0.0))
+    if new.max_minutes is not None and ran >= 60 * new.max_minutes:
+        raise LaunchError(f"{run_dir} already ran {ran / 60:.1f} of --max-minutes {new.max_minutes:g}; pass a "
+                          "larger --max-minutes to continue it")
     return new, state
 
 

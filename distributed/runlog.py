@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kerasrl_compat
-from config import Config, hms
+from config import Config
 from core.atomic import drop_unfinished_writes, write_atomically
+from flags import hms
 
 
 class RunLog:
@@ -135,6 +136,8 @@ class RunLog:
                     self.tf.summary.scalar(key, record[key], step=env_steps)
         self.writer.flush()
         eta = (self.cfg.total_env_steps - env_steps) / env_rate if env_rate > 0 else math.inf
+        if self.cfg.max_minutes is not None:
+            eta = min(eta, max(0.0, 60 * self.cfg.max_minutes - (now - self.start)))
         export = f"{hms(now - last_export)} ago" if last_export else "none yet"
         loss = learner.get("loss", float("nan"))
         print(

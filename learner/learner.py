@@ -78,8 +78,9 @@ class Learner:
         # the replay instance the batches and priorities above belong to (None: not known yet); a
         # replay that Ray restarted has a new one, and the old one's keys mean nothing to it
         self.replay_instance: str | None = None
-        self.beta_from = (0, cfg.priority_beta)  # (learner steps, beta) the annealing starts from
-        self.rate_from = (0, cfg.learning_rate)  # (learner steps, rate) the same for --learning-rate-end
+        self.wall_seconds = 0.0  # the run's wall clock at the driver's last call (--max-minutes ends the anneals)
+        self.beta_from = (0.0, cfg.priority_beta)  # (run progress, beta) the annealing starts from
+        self.rate_from = (0.0, cfg.learning_rate)  # (run progress, rate) the same for --learning-rate-end
         self._train_step = self._make_train_step(tf)
 
     def _make_train_step(self, tf: Any) -> Any:
@@ -124,11 +125,16 @@ class Learner:
         return train_step
 
     # --- batches -------------------------------------------------------------------------
-    def _annealed(self, start: tuple[int, float], end: float) -> float:
-        """Linear from ``start`` (learner steps, value) to ``end`` at the run's last learner step, so a
-        resumed run with a larger --total-env-steps goes on from the value it reached."""
-        s0, v0 = start
-        frac = min(1.0, max(0, self.steps - s0) / max(1, self.cfg.total_learner_steps - s0))
+    @property
+    def progress(self) -> float:
+        """How far the run is, 0 to 1 (:meth:`config.Config.progress`)."""
+        return self.cfg.progress(self.steps, self.wall_seconds)
+
+    def _annealed(self, start: tuple[float, float], end: float) -> float:
+        """Linear from ``start`` (run progress, value) to ``end`` at the run's end, so a resumed run
+        with a larger --total-env-steps or --max-minutes goes on from the value it reached."""
+        p0, v0 = start
+        frac = min(1.0, max(0.0, self.progress - p0) / max(1e-9, 1.0 - p0))
         return v0 + frac * (end - v0)
 
     @property
@@ -216,8 +222,9 @@ class Learner:
         if self.cfg.adam_reset:
             self.optimizer.set_weights([np.zeros_like(w) for w in self.optimizer.get_weights()])
 
-    def train(self, n_updates: int, replay_instance: str | None = None) -> dict:
+    def train(self, n_updates: int, replay_instance: str | None = None, wall_seconds: float | None = None) -> dict:
         """Run up to ``n_updates`` updates on batches from the replay actor; return metrics.
+        ``wall_seconds``: the run's wall clock now, for --max-minutes' anneals (the driver keeps the clock).
 
         If the replay actor dies meanwhile the call ends early with ``replay_lost`` set (Ray
         restarts the replay empty; the driver refills it before asking for more updates), and
@@ -231,6 +238,8 @@ class Learner:
 
         if replay_instance is not None and self.replay_instance not in (None, replay_instance):
             self._forget_replay(replay_instance)
+        if wall_seconds is not None:
+            self.wall_seconds = float(wall_seconds)
         t0 = time.perf_counter()
         waited = 0.0
         losses, qs = [], []
@@ -315,14 +324,14 @@ class Learner:
             "learning_rate": self.learning_rate,
         }
 
-    def set_state(self, state: dict, min_version: int = 0) -> bool:
+    def set_state(self, state: dict, min_version: int = 0, wall_seconds: float = 0.0) -> bool:
         """Restore :meth:`get_state`'s output (a resumed run, a restarted learner). False when Adam's
         state could not be restored (a checkpoint from before the fused Adam) and starts afresh.
 
         ``min_version``: the weights versions handed out from now on are at least this (the
         driver passes one past the newest it has seen, so no explorer mistakes new weights for
         ones it holds). Beta and an annealed rate go on from the checkpoint's values, also under a new
-        --total-env-steps.
+        --total-env-steps or --max-minutes; ``wall_seconds`` is the run's wall clock now.
         """
         self.online.set_weights(state["online"])
         self.target.set_weights(state["target"])
@@ -335,6 +344,7 @@ class Learner:
         self.target_syncs = int(state["target_syncs"])
         self.weights_version = int(state["weights_version"])
         self.versions_from(min_version)
-        self.beta_from = (self.steps, float(state.get("beta", self.cfg.beta(self.steps))))
-        self.rate_from = (self.steps, float(state.get("learning_rate", self.cfg.learning_rate)))
+        self.wall_seconds = float(wall_seconds)
+        self.beta_from = (self.progress, float(state.get("beta", self.cfg.beta(self.steps, self.wall_seconds))))
+        self.rate_from = (self.progress, float(state.get("learning_rate", self.cfg.learning_rate)))
         return restored

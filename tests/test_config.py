@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from config import Config, apply_preset, parse, preset_table
+from config import Config, apply_preset, preset_table
 from distributed import LaunchError, preflight
+from flags import parse
 from train import TrainConfig
 
 
@@ -73,6 +74,10 @@ def test_beta_anneals_to_one_over_the_run() -> None:
     assert cfg.total_learner_steps == 2_000
     assert cfg.beta(0) == pytest.approx(0.4) and cfg.beta(1_000) == pytest.approx(0.7)
     assert cfg.beta(2_000) == cfg.beta(5_000) == pytest.approx(1.0)
+    timed = dataclasses.replace(cfg, max_minutes=10)  # 600 s: whichever of the two ends first ends the anneal
+    assert timed.progress(1_000, 0.0) == pytest.approx(0.5) and timed.progress(1_000, 450.0) == pytest.approx(0.75)
+    assert timed.beta(100, 300.0) == pytest.approx(0.7) and timed.beta(0, 900.0) == pytest.approx(1.0)
+    assert cfg.progress(1_000, 450.0) == pytest.approx(0.5)  # without --max-minutes the clock does not count
 
 
 def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_path: Path) -> None:
@@ -158,7 +163,7 @@ def test_a_default_replay_shrinks_to_fit_memory_and_a_chosen_one_is_refused(
 
 
 def test_switches_need_no_value_and_help_gives_each_default_once() -> None:
-    from config import build_parser, parse
+    from flags import build_parser, parse
 
     assert parse(TrainConfig, ["--overwrite", "--dueling", "false"], "").overwrite is True  # a bare switch is on
     assert parse(TrainConfig, ["--overwrite", "false"], "").overwrite is False
@@ -174,7 +179,7 @@ def test_settings_are_grouped_as_algorithm_and_deployment_in_the_object_and_in_h
     deployment groups hold what says where a run executes, never how it learns."""
     import dataclasses
 
-    from config import build_parser
+    from flags import build_parser
 
     grouped = [name for names in Config.GROUPS.values() for name in names]
     assert grouped == [f.name for f in dataclasses.fields(Config)]  # each once, in declaration order

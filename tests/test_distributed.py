@@ -246,29 +246,32 @@ def test_launch_runs_and_exports_a_keras_rl_policy(ray_session, tmp_path: Path) 
 
 
 class StartsNowDriver(Driver):
-    """launch.py's driver with --snapshot-minutes counted from its own construction (the pytest
-    process started long ago), stopping the run once the last point is taken."""
+    """launch.py's driver with the wall clock (--snapshot-minutes, --max-minutes) counted from its own
+    construction: the pytest process started long ago."""
 
     def clock_origin(self) -> float:
         return time.monotonic()
 
-    def timed_snapshots(self, now: float) -> None:
-        super().timed_snapshots(now)
-        if not self.points:
-            self.stop.set("the last timed point")
 
-
-def test_snapshot_minutes_keep_the_network_at_each_wall_clock_point(ray_session, tmp_path: Path) -> None:
+def test_snapshot_minutes_and_max_minutes_keep_the_wall_clock(ray_session, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     """--snapshot-minutes: one copy per point, at the first moment past it, with the counts of that
-    moment and the point named in snapshots.csv, beside the step snapshots of --snapshot-every."""
+    moment and the point named in snapshots.csv, beside the step snapshots of --snapshot-every.
+    --max-minutes (the last point) ends the run long before --total-env-steps, with the final files,
+    and the rate of --learning-rate-end and beta anneal over those minutes, not over the steps."""
     import launch
+    from distributed.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
     points = (0.1, 0.2, 0.3)  # 6, 12 and 18 s
     argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "1000000", "--learning-starts", "300",
             "--replay-capacity", "3000", "--eval-every", "0", "--snapshot-every", "1000", "--snapshot-minutes",
-            ",".join(map(str, points)), "--run-dir", str(run_dir)]
+            ",".join(map(str, points)), "--max-minutes", "0.3", "--learning-rate", "0.001", "--learning-rate-end",
+            "0", "--log-every", "0.5", "--run-dir", str(run_dir)]
     assert launch.main(argv, driver_class=StartsNowDriver) == 0
+    out = capsys.readouterr().out
+    assert "or 0.3 minutes, whichever comes first;" in out and "--max-minutes 0.3 reached" in out
+    assert "done at --max-minutes 0.3:" in out
     with open(run_dir / "snapshots.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     timed = [r for r in rows if r["point_minutes"]]
@@ -284,8 +287,19 @@ def test_snapshot_minutes_keep_the_network_at_each_wall_clock_point(ray_session,
         check_policy_file(run_dir / r["file"], build_q_network(4))
     by_steps = [r for r in rows if not r["point_minutes"]]  # --snapshot-every still writes its own
     assert by_steps and all(r["file"] == f"snapshots/policy-{int(r['env_steps']):09d}.h5" for r in by_steps)
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
     assert last["env_steps"] >= steps[-1] and last["learner_steps"] >= updates[-1]
+    assert last["env_steps"] < 1_000_000 and last["wall_seconds"] < 18 + 30
+    # the rate each record shows was set at a learner call issued at or before the record's wall clock:
+    # never below the anneal over 18 s at that clock, and falling
+    rates = [(r["wall_seconds"], r["learning_rate"]) for r in records if r.get("learning_rate") is not None]
+    assert len(rates) >= 3 and all(1e-3 * (1 - w / 18) - 1e-9 <= rate for w, rate in rates), rates
+    assert [rate for _, rate in rates] == sorted((rate for _, rate in rates), reverse=True)
+    learner_state, driver_state = load_checkpoint(run_dir)
+    # the last call was issued in the budget's last quarter: the rate is near its end, beta near 1
+    assert learner_state["learning_rate"] < 0.25e-3 and learner_state["beta"] > 0.4 + 0.6 * 0.75
+    assert driver_state["wall_seconds"] >= 18 and (run_dir / "policy.h5").is_file()
 
 
 def test_process_age_counts_from_the_process_start() -> None:

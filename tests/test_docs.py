@@ -2,7 +2,7 @@
 and every flag a page gives launch.py, train.py or play.py is one of that script's flags, with a
 value its parser takes. A renamed flag or a changed type then fails here, not on a user's terminal.
 
-The parsers are the scripts' own (``config.build_parser`` on their config classes, what
+The parsers are the scripts' own (``flags.build_parser`` on their config classes, what
 ``--help`` prints), read in-process: importing the three scripts loads neither TensorFlow nor Ray.
 """
 
@@ -21,7 +21,8 @@ import pytest
 import launch
 import play
 import train
-from config import Config, build_parser
+from config import Config
+from flags import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

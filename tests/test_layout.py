@@ -1,6 +1,6 @@
 """The folder tree shows the architecture, and imports keep to it: they flow one way.
 
-    core/ (+ config.py, kerasrl_compat.py)  <-  replay/  <-  actors/, learner/  <-  distributed/  <-  launch.py
+    core/ (+ flags, config, kerasrl_compat)  <-  replay/  <-  actors/, learner/  <-  distributed/  <-  launch.py
 
 A role may import the floor below it, never a role beside or above it: the learner process
 does not load the emulator, the replay does not load TensorFlow's network code, and no role
@@ -21,6 +21,7 @@ PROGRAMS = {"launch", "train", "play"}
 FORBIDDEN = {
     "core": {"actors", "learner", "replay", "distributed", "bench", *PROGRAMS},
     "config": {"core", "actors", "learner", "replay", "distributed", "bench", *PROGRAMS},
+    "flags": {"core", "actors", "learner", "replay", "distributed", "bench", "config", "kerasrl_compat", *PROGRAMS},
     "kerasrl_compat": {"core", "actors", "learner", "replay", "distributed", "bench", "config", *PROGRAMS},
     "replay": {"actors", "learner", "distributed", "bench", *PROGRAMS},
     "learner": {"actors", "distributed", "bench", *PROGRAMS},

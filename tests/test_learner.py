@@ -222,3 +222,24 @@ def test_learning_rate_end_anneals_the_rate_the_compiled_step_uses_and_a_restore
         constant.update(b)
     assert float(constant.optimizer.learning_rate.numpy()) == pytest.approx(rate6, rel=1e-6)
     assert constant.learning_rate == rate6 and constant.get_state()["learning_rate"] == rate6
+
+
+def test_max_minutes_anneals_the_rate_over_the_wall_clock_and_a_restore_goes_on_from_it() -> None:
+    """With --max-minutes the anneals end at whichever comes first, the steps or the minutes: the
+    clock the driver passes moves the rate and beta; a restore with a larger budget goes on from them."""
+    from learner.learner import Learner
+
+    cfg = Config(batch_size=B, samples_per_insert=8.0, total_env_steps=100_020, learning_starts=20,
+                 learning_rate=1e-3, learning_rate_end=0.0, max_minutes=1.0)  # 100,000 learner steps
+    learner = Learner(cfg, n_actions=4)
+    learner.update(_batch(np.random.default_rng(6), 3))
+    assert learner.learning_rate == pytest.approx(1e-3 * (1 - 1 / 100_000))  # by steps: the clock is at 0
+    learner.wall_seconds = 45.0
+    assert learner.learning_rate == pytest.approx(0.25e-3) and learner.beta == pytest.approx(0.4 + 0.6 * 0.75)
+    longer = Learner(dataclasses.replace(cfg, max_minutes=2.0), n_actions=4)
+    longer.set_state(learner.get_state(), wall_seconds=45.0)  # 75 s to go of 120
+    assert longer.learning_rate == pytest.approx(0.25e-3)
+    longer.wall_seconds = 82.5
+    assert longer.learning_rate == pytest.approx(0.25e-3 * 0.5)
+    longer.wall_seconds = 200.0
+    assert longer.learning_rate == 0.0 and longer.beta == pytest.approx(1.0)

@@ -76,7 +76,9 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     total_updates = (6000 - 300) * 2 // 32  # the anneal's end: the run's last learner step
     saved_rate = 1e-3 + learner_state["steps"] / total_updates * (1e-4 - 1e-3)
     assert learner_state["learning_rate"] == pytest.approx(saved_rate)
-    killed_at = _records(run)[-1]
+    # the resume keeps the records up to the checkpoint's agent step (a record the driver wrote between
+    # the checkpoint and the kill is dropped: that stretch is played again)
+    kept = [r for r in _records(run) if r["env_steps"] <= driver_state["env_steps"]]
 
     resumed = _launch(["--resume", str(run), "--address", ray_address])
     out, _ = resumed.communicate(timeout=300)
@@ -86,8 +88,9 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     after = _records(run)
     last = after[-1]
     assert last["env_steps"] == 6000
-    first_resumed = after[len(_records_before := after[: after.index(killed_at) + 1])]
-    assert first_resumed["env_steps"] >= driver_state["env_steps"] and len(_records_before) >= 1
+    assert len(kept) >= 1 and after[: len(kept)] == kept
+    first_resumed = after[len(kept)]
+    assert first_resumed["env_steps"] >= driver_state["env_steps"]
     # learning restarts after a refill of --learning-starts transitions, then keeps the ratio
     refill_updates = (6000 - driver_state["env_steps"] - 300) * 2 // 32
     assert last["learner_steps"] == learner_state["steps"] + max(0, refill_updates)
@@ -95,7 +98,7 @@ def test_driver_killed_with_sigkill_resumes_with_counters_intact(ray_address: st
     final_learner, final_driver = load_checkpoint(run)
     assert final_learner["steps"] == last["learner_steps"] and final_driver["generation"] == 1
     # --learning-rate-end: the resumed run anneals on from the saved rate, never back up
-    rates = [r["learning_rate"] for r in after[len(_records_before):] if r.get("learning_rate") is not None]
+    rates = [r["learning_rate"] for r in after[len(kept):] if r.get("learning_rate") is not None]
     assert rates == sorted(rates, reverse=True) and saved_rate >= rates[0] > rates[-1]
     frac = (last["learner_steps"] - learner_state["steps"]) / (total_updates - learner_state["steps"])
     assert final_learner["learning_rate"] == pytest.approx(saved_rate + frac * (1e-4 - saved_rate))
@@ -184,7 +187,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     learner = Learner(cfg, 4)
     save_policy(learner.online, run / "policy.h5")
     save_checkpoint(run, learner.get_state(), {"env_steps": 1000, "updates_done": 0, "games": 3, "generation": 0,
-                                               "game": "Breakout", "n_actions": 4})
+                                               "game": "Breakout", "n_actions": 4, "wall_seconds": 90.0})
     return run
 
 
@@ -243,6 +246,8 @@ def test_launch_bad_run_dirs_and_resumes(finished_run: Path, capsys: pytest.Capt
         "checkpoint.npz does not exist": ["--resume", str(no_ckpt)],
         "it may be truncated": ["--resume", str(truncated)],
         "pass a larger --total-env-steps": ["--resume", str(finished_run)],
+        "already ran 1.5 of --max-minutes 1; pass a larger --max-minutes": [
+            "--resume", str(finished_run), "--total-env-steps", "5000", "--max-minutes", "1"],
         "the run plays Breakout, not Pong": ["--resume", str(finished_run), "--game", "Pong",
                                              "--total-env-steps", "5000"],
     }
