@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 from flags import flag, parse_minutes
@@ -206,13 +207,15 @@ class Config:
         spent = max(0, self.total_env_steps - self.learning_starts)
         return max(1, int(spent * self.samples_per_insert / self.batch_size))
 
+    @property
+    def max_seconds(self) -> float:
+        """--max-minutes in seconds; infinite when unset (the steps alone end the run)."""
+        return math.inf if self.max_minutes is None else 60 * self.max_minutes
+
     def progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
-        """How far the run is, 0 to 1: its learner steps of :attr:`total_learner_steps` or, with
-        --max-minutes, its wall clock of that budget, whichever is further (the anneals end where the run does)."""
-        frac = learner_steps / self.total_learner_steps
-        if self.max_minutes is not None:
-            frac = max(frac, wall_seconds / (60 * self.max_minutes))
-        return min(1.0, frac)
+        """How far the run is, 0 to 1: its learner steps of :attr:`total_learner_steps` or its wall clock
+        of --max-minutes, whichever is further (the anneals end where the run does)."""
+        return min(1.0, max(learner_steps / self.total_learner_steps, wall_seconds / self.max_seconds))
 
     def beta(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
         """Importance-sampling exponent: --priority-beta at the start, 1 at the end of the run."""

@@ -112,7 +112,7 @@ class Driver:
         ran = float(state.get("wall_seconds", 0.0))
         self.origin = self.clock_origin() - ran
         # --max-minutes as a time.monotonic() deadline: nothing new is issued past it
-        self.deadline = self.origin + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
+        self.deadline = self.origin + cfg.max_seconds
         self.out_of_time = False
         self.log = RunLog(cfg, run_dir, games=state.get("games", 0), resumed_at=state["env_steps"] if resume else None,
                           updates=int(learner_state["steps"]) if learner_state else 0, start=self.origin)
@@ -198,8 +198,7 @@ class Driver:
         if self.out_of_time:
             print(f"--max-minutes {cfg.max_minutes:g} reached: {self.env_steps:,} of {cfg.total_env_steps:,} agent "
                   "steps played", flush=True)
-            if self.points and time.monotonic() >= self.points[0][0]:
-                self.timed_snapshots(time.monotonic())  # a point at the budget's end
+            self.timed_snapshots(time.monotonic())  # a point at the budget's end
 
     def final_evaluation(self) -> None:
         self.evaluations.final(self.weights, self.env_steps, self.updates_done, self.stop)

@@ -182,7 +182,7 @@ def resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[di
             f"pass a larger --total-env-steps to continue it"
         )
     ran = float(driver.get("wall_seconds", 0.0))
-    if new.max_minutes is not None and ran >= 60 * new.max_minutes:
+    if ran >= new.max_seconds:
         raise LaunchError(f"{run_dir} already ran {ran / 60:.1f} of --max-minutes {new.max_minutes:g}; pass a "
                           "larger --max-minutes to continue it")
     return new, state

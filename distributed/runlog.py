@@ -136,8 +136,7 @@ class RunLog:
                     self.tf.summary.scalar(key, record[key], step=env_steps)
         self.writer.flush()
         eta = (self.cfg.total_env_steps - env_steps) / env_rate if env_rate > 0 else math.inf
-        if self.cfg.max_minutes is not None:
-            eta = min(eta, max(0.0, 60 * self.cfg.max_minutes - (now - self.start)))
+        eta = min(eta, max(0.0, self.cfg.max_seconds - (now - self.start)))  # --max-minutes, if sooner
         export = f"{hms(now - last_export)} ago" if last_export else "none yet"
         loss = learner.get("loss", float("nan"))
         print(
