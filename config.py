@@ -71,9 +71,9 @@ class Config:
     total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
     max_minutes: float | None = flag(None, "also stop after this many minutes of wall clock, counted from the "
                                      "launch.py process start (a --resume goes on from the wall clock its checkpoint "
-                                     "had run), whichever of this and --total-env-steps comes first; beta's anneal and "
-                                     "--learning-rate-end's end there too, so an anneal fits a time budget (unset: "
-                                     "steps only)", low=0.01)
+                                     "had run), whichever of this and --total-env-steps comes first; the anneal of "
+                                     "--learning-rate-end ends there too, so it fits a time budget (beta's keeps to "
+                                     "the steps; unset: steps only)", low=0.01)
     learning_starts: int = flag(10_000, "agent steps collected before the learner starts", low=1)
     seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
     # --- algorithm: acting
@@ -100,7 +100,7 @@ class Config:
     prioritized: bool = flag(True, "proportional prioritized replay (Schaul et al.); false: uniform")
     priority_alpha: float = flag(0.6, "priority exponent: P(i) ~ |td_i| ** alpha", low=0.0, high=1.0)
     priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
-                                "over the run's learner steps (or --max-minutes, if that ends it first)", low=0.0,
+                                "over the learner steps of --total-env-steps (not over --max-minutes)", low=0.0,
                                 high=1.0)
     n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
     # --- algorithm: learning
@@ -108,7 +108,7 @@ class Config:
                            "explorers, 512 at most)", low=1, high=8192)
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
     learning_rate_end: float | None = flag(None, "anneal the rate linearly from --learning-rate to this at the run's "
-                                           "end, as beta (its last learner step by --total-env-steps, or "
+                                           "end (its last learner step by --total-env-steps, or "
                                            "--max-minutes if that comes first; a --resume goes on from the rate it "
                                            "reached); unset: constant", low=0.0, high=1.0)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
@@ -213,13 +213,15 @@ class Config:
         return math.inf if self.max_minutes is None else 60 * self.max_minutes
 
     def progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
-        """How far the run is, 0 to 1: its learner steps of :attr:`total_learner_steps` or its wall clock
-        of --max-minutes, whichever is further (the anneals end where the run does)."""
+        """How far the run is, 0 to 1: its learner steps of :attr:`total_learner_steps` or, given the
+        clock, its wall clock of --max-minutes, whichever is further (the opt-in anneal of
+        --learning-rate-end ends where the run does)."""
         return min(1.0, max(learner_steps / self.total_learner_steps, wall_seconds / self.max_seconds))
 
-    def beta(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
-        """Importance-sampling exponent: --priority-beta at the start, 1 at the end of the run."""
-        return self.priority_beta + self.progress(learner_steps, wall_seconds) * (1.0 - self.priority_beta)
+    def beta(self, learner_steps: int) -> float:
+        """Importance-sampling exponent: --priority-beta at the start, 1 at --total-env-steps. Not by the
+        clock: --max-minutes stops a run and leaves the defaults' schedule as it was measured."""
+        return self.priority_beta + self.progress(learner_steps) * (1.0 - self.priority_beta)
 
     def validate(self, merged: bool = False) -> None:
         """Checks across flags. A ``--resume`` is checked by distributed.preflight once merged with the saved

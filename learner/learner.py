@@ -78,8 +78,8 @@ class Learner:
         # the replay instance the batches and priorities above belong to (None: not known yet); a
         # replay that Ray restarted has a new one, and the old one's keys mean nothing to it
         self.replay_instance: str | None = None
-        self.wall_seconds = 0.0  # the run's wall clock at the driver's last call (--max-minutes ends the anneals)
-        self.beta_from = (0.0, cfg.priority_beta)  # (run progress, beta) the annealing starts from
+        self.wall_seconds = 0.0  # the run's wall clock at the driver's last call (--max-minutes ends the rate's anneal)
+        self.beta_from = (0.0, cfg.priority_beta)  # (progress in steps, beta) the annealing starts from
         self.rate_from = (0.0, cfg.learning_rate)  # (run progress, rate) the same for --learning-rate-end
         self._train_step = self._make_train_step(tf)
 
@@ -127,26 +127,27 @@ class Learner:
     # --- batches -------------------------------------------------------------------------
     @property
     def progress(self) -> float:
-        """How far the run is, 0 to 1 (:meth:`config.Config.progress`)."""
+        """How far the run is, 0 to 1, by steps or --max-minutes (:meth:`config.Config.progress`)."""
         return self.cfg.progress(self.steps, self.wall_seconds)
 
-    def _annealed(self, start: tuple[float, float], end: float) -> float:
-        """Linear from ``start`` (run progress, value) to ``end`` at the run's end, so a resumed run
-        with a larger --total-env-steps or --max-minutes goes on from the value it reached."""
+    @staticmethod
+    def _annealed(start: tuple[float, float], end: float, progress: float) -> float:
+        """Linear from ``start`` (progress, value) to ``end`` at progress 1, so a resumed run with a
+        larger --total-env-steps or --max-minutes goes on from the value it reached."""
         p0, v0 = start
-        frac = min(1.0, max(0.0, self.progress - p0) / max(1e-9, 1.0 - p0))
+        frac = min(1.0, max(0.0, progress - p0) / max(1e-9, 1.0 - p0))
         return v0 + frac * (end - v0)
 
     @property
     def beta(self) -> float:
-        """The importance-sampling exponent now: annealed to 1."""
-        return self._annealed(self.beta_from, 1.0)
+        """The importance-sampling exponent now: annealed to 1 over the steps alone (Config.beta)."""
+        return self._annealed(self.beta_from, 1.0, self.cfg.progress(self.steps))
 
     @property
     def learning_rate(self) -> float:
         """Adam's rate now: --learning-rate, annealed to --learning-rate-end when that is set."""
         end = self.cfg.learning_rate_end
-        return self.cfg.learning_rate if end is None else self._annealed(self.rate_from, end)
+        return self.cfg.learning_rate if end is None else self._annealed(self.rate_from, end, self.progress)
 
     def _request(self) -> None:
         self._requests.append(self.replay.sample_for_learner.remote(
@@ -331,7 +332,7 @@ class Learner:
         ``min_version``: the weights versions handed out from now on are at least this (the
         driver passes one past the newest it has seen, so no explorer mistakes new weights for
         ones it holds). Beta and an annealed rate go on from the checkpoint's values, also under a new
-        --total-env-steps or --max-minutes; ``wall_seconds`` is the run's wall clock now.
+        --total-env-steps (or, for the rate, --max-minutes); ``wall_seconds`` is the run's clock now.
         """
         self.online.set_weights(state["online"])
         self.target.set_weights(state["target"])
@@ -345,6 +346,6 @@ class Learner:
         self.weights_version = int(state["weights_version"])
         self.versions_from(min_version)
         self.wall_seconds = float(wall_seconds)
-        self.beta_from = (self.progress, float(state.get("beta", self.cfg.beta(self.steps, self.wall_seconds))))
+        self.beta_from = (self.cfg.progress(self.steps), float(state.get("beta", self.cfg.beta(self.steps))))
         self.rate_from = (self.progress, float(state.get("learning_rate", self.cfg.learning_rate)))
         return restored
