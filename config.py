@@ -42,9 +42,9 @@ class Config:
             "replay_capacity", "samples_per_insert", "prioritized", "priority_alpha", "priority_beta", "n_step",
         ),
         "algorithm: learning": (
-            "batch_size", "learning_rate", "learning_rate_end", "adam_epsilon", "gamma", "huber_delta",
-            "grad_clip_norm", "double_dqn", "dueling", "target_update", "adam_reset", "updates_per_call",
-            "init_weights",
+            "batch_size", "learning_rate", "learning_rate_end", "learning_rate_anneal_steps", "adam_epsilon",
+            "gamma", "huber_delta", "grad_clip_norm", "double_dqn", "dueling", "target_update", "adam_reset",
+            "updates_per_call", "init_weights",
         ),
         "algorithm: evaluation": (
             "eval_every", "eval_episodes", "eval_epsilon", "eval_max_steps",
@@ -109,8 +109,12 @@ class Config:
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
     learning_rate_end: float | None = flag(None, "anneal the rate linearly from --learning-rate to this at the run's "
                                            "end (its last learner step by --total-env-steps, or "
-                                           "--max-minutes if that comes first; a --resume goes on from the rate it "
-                                           "reached); unset: constant", low=0.0, high=1.0)
+                                           "--max-minutes, or --learning-rate-anneal-steps, whichever comes first; "
+                                           "a --resume goes on from the rate it reached); unset: constant", low=0.0,
+                                           high=1.0)
+    learning_rate_anneal_steps: int | None = flag(None, "end --learning-rate-end's anneal after this many agent "
+                                                  "steps and hold that rate after, so the schedule does not depend "
+                                                  "on the run's length (unset: at the run's end)", low=1)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
@@ -201,11 +205,15 @@ class Config:
     def num_streams(self) -> int:
         return self.num_actors * self.envs_per_actor
 
+    def learner_steps_by(self, env_steps: int) -> int:
+        """Learner steps the replay ratio allows by ``env_steps`` agent steps (at least 1)."""
+        spent = max(0, env_steps - self.learning_starts)
+        return max(1, int(spent * self.samples_per_insert / self.batch_size))
+
     @property
     def total_learner_steps(self) -> int:
         """Learner steps the replay ratio allows over the whole run (anneals beta)."""
-        spent = max(0, self.total_env_steps - self.learning_starts)
-        return max(1, int(spent * self.samples_per_insert / self.batch_size))
+        return self.learner_steps_by(self.total_env_steps)
 
     @property
     def max_seconds(self) -> float:
@@ -217,6 +225,13 @@ class Config:
         clock, its wall clock of --max-minutes, whichever is further (the opt-in anneal of
         --learning-rate-end ends where the run does)."""
         return min(1.0, max(learner_steps / self.total_learner_steps, wall_seconds / self.max_seconds))
+
+    def rate_progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
+        """How far --learning-rate-end's anneal is, 0 to 1: :meth:`progress`, or the learner steps'
+        share of --learning-rate-anneal-steps when that is further (then the rate holds from there on)."""
+        steps = self.learning_rate_anneal_steps
+        by_steps = 0.0 if steps is None else learner_steps / self.learner_steps_by(steps)
+        return min(1.0, max(self.progress(learner_steps, wall_seconds), by_steps))
 
     def beta(self, learner_steps: int) -> float:
         """Importance-sampling exponent: --priority-beta at the start, 1 at --total-env-steps. Not by the
@@ -232,6 +247,13 @@ class Config:
         for name, value in (("total-env-steps", self.total_env_steps), ("replay-capacity", self.replay_capacity)):
             if self.learning_starts > value:
                 raise ValueError(f"--learning-starts ({self.learning_starts}) exceeds --{name} ({value})")
+        if self.learning_rate_anneal_steps is not None:
+            if self.learning_rate_end is None:
+                raise ValueError("--learning-rate-anneal-steps sets the length of --learning-rate-end's anneal: "
+                                 "give --learning-rate-end too")
+            if self.learning_rate_anneal_steps <= self.learning_starts:
+                raise ValueError(f"--learning-rate-anneal-steps ({self.learning_rate_anneal_steps}) must exceed "
+                                 f"--learning-starts ({self.learning_starts}): the anneal runs over learner steps")
         per_stream = max(10, 4 + self.n_step + 1)  # a stack, its n-step horizon and one more
         if self.replay_capacity < per_stream * self.num_streams:
             raise ValueError(

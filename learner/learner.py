@@ -126,9 +126,9 @@ class Learner:
 
     # --- batches -------------------------------------------------------------------------
     @property
-    def progress(self) -> float:
-        """How far the run is, 0 to 1, by steps or --max-minutes (:meth:`config.Config.progress`)."""
-        return self.cfg.progress(self.steps, self.wall_seconds)
+    def rate_progress(self) -> float:
+        """How far the rate's anneal is, 0 to 1 (:meth:`config.Config.rate_progress`)."""
+        return self.cfg.rate_progress(self.steps, self.wall_seconds)
 
     @staticmethod
     def _annealed(start: tuple[float, float], end: float, progress: float) -> float:
@@ -147,7 +147,7 @@ class Learner:
     def learning_rate(self) -> float:
         """Adam's rate now: --learning-rate, annealed to --learning-rate-end when that is set."""
         end = self.cfg.learning_rate_end
-        return self.cfg.learning_rate if end is None else self._annealed(self.rate_from, end, self.progress)
+        return self.cfg.learning_rate if end is None else self._annealed(self.rate_from, end, self.rate_progress)
 
     def _request(self) -> None:
         self._requests.append(self.replay.sample_for_learner.remote(
@@ -347,5 +347,5 @@ class Learner:
         self.versions_from(min_version)
         self.wall_seconds = float(wall_seconds)
         self.beta_from = (self.cfg.progress(self.steps), float(state.get("beta", self.cfg.beta(self.steps))))
-        self.rate_from = (self.progress, float(state.get("learning_rate", self.cfg.learning_rate)))
+        self.rate_from = (self.rate_progress, float(state.get("learning_rate", self.cfg.learning_rate)))
         return restored

@@ -81,6 +81,23 @@ def test_beta_anneals_to_one_over_the_steps_and_only_the_progress_counts_the_clo
     assert timed.beta(1_000) == cfg.beta(1_000)  # a time budget leaves beta's schedule to the steps
 
 
+def test_learning_rate_anneal_steps_ends_the_rates_anneal_early_and_leaves_beta_alone() -> None:
+    cfg = Config(total_env_steps=10_000, learning_starts=2_000, samples_per_insert=8, batch_size=32,
+                 learning_rate_end=0.0, learning_rate_anneal_steps=4_000)
+    assert cfg.learner_steps_by(4_000) == 500 and cfg.total_learner_steps == 2_000
+    assert cfg.rate_progress(250) == pytest.approx(0.5) and cfg.rate_progress(500) == cfg.rate_progress(1_500) == 1.0
+    assert cfg.progress(250) == pytest.approx(0.125) and cfg.beta(250) == pytest.approx(0.475)  # beta: the run's
+    unset = dataclasses.replace(cfg, learning_rate_anneal_steps=None)
+    assert unset.rate_progress(250) == unset.progress(250) == pytest.approx(0.125)
+    timed = dataclasses.replace(cfg, max_minutes=10)  # whichever ends first: here the clock's 0.75
+    assert timed.rate_progress(250, 450.0) == pytest.approx(0.75)
+    cfg.validate()
+    with pytest.raises(ValueError, match="give --learning-rate-end too"):
+        dataclasses.replace(cfg, learning_rate_end=None).validate()
+    with pytest.raises(ValueError, match=r"must exceed --learning-starts \(2000\)"):
+        dataclasses.replace(cfg, learning_rate_anneal_steps=2_000).validate()
+
+
 def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_path: Path) -> None:
     argv = ["--preset", "classic", "--n-step", "3", "--learning-starts", "500", "--replay-capacity", "5000",
             "--total-env-steps", "3000", "--run-dir", str(tmp_path / "run")]

@@ -224,6 +224,26 @@ def test_learning_rate_end_anneals_the_rate_the_compiled_step_uses_and_a_restore
     assert constant.learning_rate == rate6 and constant.get_state()["learning_rate"] == rate6
 
 
+def test_learning_rate_anneal_steps_holds_the_end_rate_the_compiled_step_uses_after_them() -> None:
+    """--learning-rate-anneal-steps: the rate reaches --learning-rate-end after those agent steps'
+    learner steps (here 10 of the run's 122) and the compiled step keeps using it from there on;
+    beta keeps to the run's steps."""
+    from learner.learner import Learner
+
+    cfg = Config(batch_size=B, samples_per_insert=1.0, total_env_steps=1_000, learning_starts=20,
+                 learning_rate=1e-3, learning_rate_end=1e-4, learning_rate_anneal_steps=20 + 10 * B)
+    learner = Learner(cfg, n_actions=4)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        learner.update(_batch(rng, 3))
+    assert learner.learning_rate == pytest.approx(1e-3 + 0.5 * (1e-4 - 1e-3))
+    for _ in range(7):
+        learner.update(_batch(rng, 3))
+    assert float(learner.optimizer.learning_rate.numpy()) == pytest.approx(1e-4, rel=1e-6)  # the 12th step's
+    assert learner.learning_rate == pytest.approx(1e-4) and learner.beta == pytest.approx(cfg.beta(12))
+    assert cfg.beta(12) < 0.5
+
+
 def test_max_minutes_anneals_the_rate_over_the_wall_clock_and_a_restore_goes_on_from_it() -> None:
     """With --max-minutes the rate's anneal ends at whichever comes first, the steps or the minutes:
     the clock the driver passes moves the rate, not beta (a stop leaves the defaults' schedule as it
