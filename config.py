@@ -222,8 +222,8 @@ class Config:
 
     def progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
         """How far the run is, 0 to 1: its learner steps of :attr:`total_learner_steps` or, given the
-        clock, its wall clock of --max-minutes, whichever is further (the opt-in anneal of
-        --learning-rate-end ends where the run does)."""
+        clock, its wall clock of --max-minutes, whichever is further (beta's anneal passes no clock;
+        --learning-rate-end's reads this through :meth:`rate_progress`)."""
         return min(1.0, max(learner_steps / self.total_learner_steps, wall_seconds / self.max_seconds))
 
     def rate_progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
