@@ -39,7 +39,8 @@ class Config:
             "eps_end", "eps_anneal_steps", "weight_sync_every",
         ),
         "algorithm: replay": (
-            "replay_capacity", "samples_per_insert", "prioritized", "priority_alpha", "priority_beta", "n_step",
+            "replay_capacity", "samples_per_insert", "prioritized", "priority_alpha", "priority_beta",
+            "priority_beta_anneal_steps", "n_step",
         ),
         "algorithm: learning": (
             "batch_size", "learning_rate", "learning_rate_end", "learning_rate_anneal_steps", "adam_epsilon",
@@ -100,8 +101,11 @@ class Config:
     prioritized: bool = flag(True, "proportional prioritized replay (Schaul et al.); false: uniform")
     priority_alpha: float = flag(0.6, "priority exponent: P(i) ~ |td_i| ** alpha", low=0.0, high=1.0)
     priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
-                                "over the learner steps of --total-env-steps (not over --max-minutes)", low=0.0,
-                                high=1.0)
+                                "over the learner steps of --total-env-steps (not over --max-minutes) or of "
+                                "--priority-beta-anneal-steps, whichever comes first", low=0.0, high=1.0)
+    priority_beta_anneal_steps: int | None = flag(None, "bring beta to 1 after this many agent steps and hold it "
+                                                  "there, so its schedule does not depend on the run's length "
+                                                  "(unset: at --total-env-steps)", low=1)
     n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
     # --- algorithm: learning
     batch_size: int = flag(16, "transitions per learner update (tuned: 16 below 8 explorers; apex: 32 per 4 "
@@ -226,17 +230,26 @@ class Config:
         --learning-rate-end's reads this through :meth:`rate_progress`)."""
         return min(1.0, max(learner_steps / self.total_learner_steps, wall_seconds / self.max_seconds))
 
+    def _progress_or_steps(self, progress: float, learner_steps: int, anneal_steps: int | None) -> float:
+        """``progress``, or the learner steps' share of ``anneal_steps`` agent steps when that is further."""
+        by_steps = 0.0 if anneal_steps is None else learner_steps / self.learner_steps_by(anneal_steps)
+        return min(1.0, max(progress, by_steps))
+
     def rate_progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
         """How far --learning-rate-end's anneal is, 0 to 1: :meth:`progress`, or the learner steps'
         share of --learning-rate-anneal-steps when that is further (then the rate holds from there on)."""
-        steps = self.learning_rate_anneal_steps
-        by_steps = 0.0 if steps is None else learner_steps / self.learner_steps_by(steps)
-        return min(1.0, max(self.progress(learner_steps, wall_seconds), by_steps))
+        return self._progress_or_steps(self.progress(learner_steps, wall_seconds), learner_steps,
+                                       self.learning_rate_anneal_steps)
+
+    def beta_progress(self, learner_steps: int) -> float:
+        """How far beta's anneal is, 0 to 1: the steps' :meth:`progress` (not the clock: --max-minutes stops a
+        run and leaves the defaults' schedule as it was measured), or their share of
+        --priority-beta-anneal-steps when that is further (then beta holds at 1)."""
+        return self._progress_or_steps(self.progress(learner_steps), learner_steps, self.priority_beta_anneal_steps)
 
     def beta(self, learner_steps: int) -> float:
-        """Importance-sampling exponent: --priority-beta at the start, 1 at --total-env-steps. Not by the
-        clock: --max-minutes stops a run and leaves the defaults' schedule as it was measured."""
-        return self.priority_beta + self.progress(learner_steps) * (1.0 - self.priority_beta)
+        """Importance-sampling exponent: --priority-beta at the start, 1 at :meth:`beta_progress`'s end."""
+        return self.priority_beta + self.beta_progress(learner_steps) * (1.0 - self.priority_beta)
 
     def validate(self, merged: bool = False) -> None:
         """Checks across flags. A ``--resume`` is checked by distributed.preflight once merged with the saved
@@ -247,13 +260,14 @@ class Config:
         for name, value in (("total-env-steps", self.total_env_steps), ("replay-capacity", self.replay_capacity)):
             if self.learning_starts > value:
                 raise ValueError(f"--learning-starts ({self.learning_starts}) exceeds --{name} ({value})")
-        if self.learning_rate_anneal_steps is not None:
-            if self.learning_rate_end is None:
-                raise ValueError("--learning-rate-anneal-steps sets the length of --learning-rate-end's anneal: "
-                                 "give --learning-rate-end too")
-            if self.learning_rate_anneal_steps <= self.learning_starts:
-                raise ValueError(f"--learning-rate-anneal-steps ({self.learning_rate_anneal_steps}) must exceed "
-                                 f"--learning-starts ({self.learning_starts}): the anneal runs over learner steps")
+        if self.learning_rate_anneal_steps is not None and self.learning_rate_end is None:
+            raise ValueError("--learning-rate-anneal-steps sets the length of --learning-rate-end's anneal: "
+                             "give --learning-rate-end too")
+        for name, value in (("learning-rate-anneal-steps", self.learning_rate_anneal_steps),
+                            ("priority-beta-anneal-steps", self.priority_beta_anneal_steps)):
+            if value is not None and value <= self.learning_starts:
+                raise ValueError(f"--{name} ({value}) must exceed --learning-starts ({self.learning_starts}): "
+                                 "the anneal runs over learner steps")
         per_stream = max(10, 4 + self.n_step + 1)  # a stack, its n-step horizon and one more
         if self.replay_capacity < per_stream * self.num_streams:
             raise ValueError(

@@ -141,7 +141,7 @@ class Learner:
     @property
     def beta(self) -> float:
         """The importance-sampling exponent now: annealed to 1 over the steps alone (Config.beta)."""
-        return self._annealed(self.beta_from, 1.0, self.cfg.progress(self.steps))
+        return self._annealed(self.beta_from, 1.0, self.cfg.beta_progress(self.steps))
 
     @property
     def learning_rate(self) -> float:
@@ -346,6 +346,6 @@ class Learner:
         self.weights_version = int(state["weights_version"])
         self.versions_from(min_version)
         self.wall_seconds = float(wall_seconds)
-        self.beta_from = (self.cfg.progress(self.steps), float(state.get("beta", self.cfg.beta(self.steps))))
+        self.beta_from = (self.cfg.beta_progress(self.steps), float(state.get("beta", self.cfg.beta(self.steps))))
         self.rate_from = (self.rate_progress, float(state.get("learning_rate", self.cfg.learning_rate)))
         return restored

@@ -98,6 +98,23 @@ def test_learning_rate_anneal_steps_ends_the_rates_anneal_early_and_leaves_beta_
         dataclasses.replace(cfg, learning_rate_anneal_steps=2_000).validate()
 
 
+def test_priority_beta_anneal_steps_brings_beta_to_one_early_and_leaves_the_rate_alone() -> None:
+    cfg = Config(total_env_steps=10_000, learning_starts=2_000, samples_per_insert=8, batch_size=32,
+                 learning_rate_end=0.0, priority_beta_anneal_steps=4_000)  # 500 of the run's 2,000 learner steps
+    assert cfg.beta_progress(250) == pytest.approx(0.5) and cfg.beta(250) == pytest.approx(0.7)
+    assert cfg.beta(500) == cfg.beta(1_500) == 1.0  # then it holds
+    assert cfg.rate_progress(250) == cfg.progress(250) == pytest.approx(0.125)  # the rate: the run's
+    longer = dataclasses.replace(cfg, total_env_steps=100_000)  # the run's length does not move it
+    assert longer.beta(250) == cfg.beta(250)
+    assert dataclasses.replace(cfg, total_env_steps=3_000).beta(250) == 1.0  # the run's end comes first
+    timed = dataclasses.replace(cfg, max_minutes=10)
+    assert timed.beta(250) == cfg.beta(250)  # nor the clock
+    cfg.validate()
+    dataclasses.replace(cfg, learning_rate_end=None).validate()  # needs no other flag
+    with pytest.raises(ValueError, match=r"--priority-beta-anneal-steps \(2000\) must exceed --learning-starts"):
+        dataclasses.replace(cfg, priority_beta_anneal_steps=2_000).validate()
+
+
 def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_path: Path) -> None:
     argv = ["--preset", "classic", "--n-step", "3", "--learning-starts", "500", "--replay-capacity", "5000",
             "--total-env-steps", "3000", "--run-dir", str(tmp_path / "run")]

@@ -244,6 +244,29 @@ def test_learning_rate_anneal_steps_holds_the_end_rate_the_compiled_step_uses_af
     assert cfg.beta(12) < 0.5
 
 
+def test_priority_beta_anneal_steps_brings_the_sampled_beta_to_one_and_a_restore_holds_it() -> None:
+    """--priority-beta-anneal-steps: the beta the learner asks the replay for reaches 1 after those
+    agent steps' learner steps (here 10 of the run's 122), holds there and survives a restore."""
+    from learner.learner import Learner
+
+    cfg = Config(batch_size=B, samples_per_insert=1.0, total_env_steps=1_000, learning_starts=20,
+                 priority_beta=0.4, priority_beta_anneal_steps=20 + 10 * B)
+    learner = Learner(cfg, n_actions=4)
+    rng = np.random.default_rng(8)
+    for _ in range(5):
+        learner.update(_batch(rng, 3))
+    assert learner.beta == pytest.approx(0.7) and learner.learning_rate == cfg.learning_rate
+    for _ in range(7):
+        learner.update(_batch(rng, 3))
+    assert learner.beta == 1.0 and learner.get_state()["beta"] == 1.0
+    unset = Learner(dataclasses.replace(cfg, priority_beta_anneal_steps=None), n_actions=4)
+    unset.set_state(learner.get_state())
+    assert unset.beta == 1.0  # a restore goes on from the beta reached, not back to the run's schedule
+    fresh = Learner(dataclasses.replace(cfg, priority_beta_anneal_steps=None), n_actions=4)
+    fresh.steps = 12
+    assert fresh.beta == pytest.approx(cfg.priority_beta + 0.6 * 12 / cfg.total_learner_steps)
+
+
 def test_max_minutes_anneals_the_rate_over_the_wall_clock_and_a_restore_goes_on_from_it() -> None:
     """With --max-minutes the rate's anneal ends at whichever comes first, the steps or the minutes:
     the clock the driver passes moves the rate, not beta (a stop leaves the defaults' schedule as it
