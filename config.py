@@ -63,7 +63,8 @@ class Config:
     # ===== ALGORITHM: what is learned, and how =====
     # --- algorithm: what to play, for how long
     preset: str = flag("tuned", "hyperparameter set: tuned (apex, but below 8 explorers the learning series' batch "
-                       "16, 4 samples per insert, Adam 2.5e-4, 10,000 steps of warm-up; docs/learning.md), apex "
+                       "16, 4 samples per insert, Adam 2.5e-4 annealed to 5e-5 and beta to 1 over the first 1M "
+                       "agent steps, 10,000 steps of warm-up; docs/learning.md), apex "
                        "(Ape-X: n-step 3, prioritized replay, double DQN, epsilon ladder, scaled to --num-actors) or "
                        "classic (keras-rl dqn_atari.py: 1-step, uniform replay, annealed epsilon); values at the end "
                        "of --help",
@@ -103,22 +104,26 @@ class Config:
     priority_beta: float = flag(0.4, "importance-sampling exponent at the first update, annealed linearly to 1 "
                                 "over the learner steps of --total-env-steps (not over --max-minutes) or of "
                                 "--priority-beta-anneal-steps, whichever comes first", low=0.0, high=1.0)
-    priority_beta_anneal_steps: int | None = flag(None, "bring beta to 1 after this many agent steps and hold it "
-                                                  "there, so its schedule does not depend on the run's length "
-                                                  "(unset: at --total-env-steps)", low=1)
+    priority_beta_anneal_steps: int | None = flag(1_000_000, "bring beta to 1 after this many agent steps and "
+                                                  "hold it there, so its schedule does not depend on the run's "
+                                                  "length (tuned: 1,000,000 below 8 explorers; apex, classic: unset, "
+                                                  "at --total-env-steps)", low=1)
     n_step: int = flag(3, "n-step returns, computed by the explorers (1: plain one-step DQN)", low=1, high=10)
     # --- algorithm: learning
     batch_size: int = flag(16, "transitions per learner update (tuned: 16 below 8 explorers; apex: 32 per 4 "
                            "explorers, 512 at most)", low=1, high=8192)
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
-    learning_rate_end: float | None = flag(None, "anneal the rate linearly from --learning-rate to this at the run's "
+    learning_rate_end: float | None = flag(5e-5, "anneal the rate linearly from --learning-rate to this at the run's "
                                            "end (its last learner step by --total-env-steps, or "
                                            "--max-minutes, or --learning-rate-anneal-steps, whichever comes first; "
-                                           "a --resume goes on from the rate it reached); unset: constant", low=0.0,
+                                           "a --resume goes on from the rate it reached); tuned: 5e-05 below 8 "
+                                           "explorers; apex, classic: unset, a constant rate (as is "
+                                           "--learning-rate's value)", low=0.0,
                                            high=1.0)
-    learning_rate_anneal_steps: int | None = flag(None, "end --learning-rate-end's anneal after this many agent "
-                                                  "steps and hold that rate after, so the schedule does not depend "
-                                                  "on the run's length (unset: at the run's end)", low=1)
+    learning_rate_anneal_steps: int | None = flag(1_000_000, "end --learning-rate-end's anneal after this many "
+                                                  "agent steps and hold that rate after, so the schedule does not "
+                                                  "depend on the run's length (tuned: 1,000,000 below 8 explorers; "
+                                                  "apex, classic: unset, at the run's end)", low=1)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
     huber_delta: float = flag(1.0, "Huber loss delta", low=0.0)
@@ -267,13 +272,17 @@ class Config:
                             ("priority-beta-anneal-steps", self.priority_beta_anneal_steps)):
             if value is not None and value <= self.learning_starts:
                 raise ValueError(f"--{name} ({value}) must exceed --learning-starts ({self.learning_starts}): "
-                                 "the anneal runs over learner steps")
+                                 "the anneal runs over learner steps; raise it")
         per_stream = max(10, 4 + self.n_step + 1)  # a stack, its n-step horizon and one more
         if self.replay_capacity < per_stream * self.num_streams:
             raise ValueError(
                 f"--replay-capacity must hold at least {per_stream} transitions per emulator stream "
                 f"({self.num_streams} streams): use at least {per_stream * self.num_streams}"
             )
+
+
+# a constant rate, and beta annealed over the whole run (--total-env-steps): Ape-X's and dqn_atari.py's schedules
+_NO_SCHEDULE = {"learning_rate_end": None, "learning_rate_anneal_steps": None, "priority_beta_anneal_steps": None}
 
 
 def _apex(cfg: Config) -> dict[str, Any]:
@@ -285,7 +294,7 @@ def _apex(cfg: Config) -> dict[str, Any]:
         "n_step": 3, "prioritized": True, "priority_alpha": 0.6, "priority_beta": 0.4,
         "double_dqn": True, "dueling": False, "gamma": 0.99, "huber_delta": 1.0, "grad_clip_norm": 40.0,
         "learning_rate": 1e-4, "adam_epsilon": 1.5e-4, "target_update": 2_500, "samples_per_insert": 8.0,
-        "learning_starts": 50_000,
+        "learning_starts": 50_000, **_NO_SCHEDULE,
         "batch_size": int(min(512, 32 * max(1, cfg.num_actors // 4))),
         "replay_capacity": 2_000_000 if cfg.num_actors >= 64 else 1_000_000,
     }
@@ -298,7 +307,7 @@ def _classic(cfg: Config) -> dict[str, Any]:
         "n_step": 1, "prioritized": False, "double_dqn": False, "dueling": False, "gamma": 0.99,
         "huber_delta": 1.0, "grad_clip_norm": 0.0, "learning_rate": 2.5e-4, "adam_epsilon": 1e-7,
         "target_update": 2_500, "samples_per_insert": 8.0, "batch_size": 32, "learning_starts": 50_000,
-        "replay_capacity": 1_000_000,
+        "replay_capacity": 1_000_000, **_NO_SCHEDULE,
     }
 
 
@@ -307,7 +316,9 @@ def _tuned(cfg: Config) -> dict[str, Any]:
     (docs/learning.md); apex itself from 8 explorers on, where its batch grows and no run measured."""
     values = _apex(cfg)
     if cfg.num_actors < 8:
-        values.update(batch_size=16, samples_per_insert=4.0, learning_rate=2.5e-4, learning_starts=10_000)
+        values.update(batch_size=16, samples_per_insert=4.0, learning_rate=2.5e-4, learning_starts=10_000,
+                      learning_rate_end=5e-5, learning_rate_anneal_steps=1_000_000,
+                      priority_beta_anneal_steps=1_000_000)
     return values
 
 
@@ -324,9 +335,13 @@ def preset_table() -> str:
     """Every preset value, for --help and docs (a value that depends on the fleet: 1 / 64 explorers)."""
     names = sorted({k for make in PRESETS.values() for k in make(Config(num_actors=1))})
     columns = {name: (make(Config(num_actors=1)), make(Config(num_actors=64))) for name, make in PRESETS.items()}
-    cells = {name: {k: f"{a.get(k, '-')}" if a.get(k) == b.get(k) else f"{a[k]} / {b[k]}" for k in names}
+    def show(values: dict[str, Any], k: str) -> str:
+        return "-" if k not in values else "unset" if values[k] is None else f"{values[k]}"
+
+    cells = {name: {k: show(a, k) if a.get(k) == b.get(k) else f"{show(a, k)} / {show(b, k)}" for k in names}
              for name, (a, b) in columns.items()}
-    rows = [f"  {'flag':<22} {'tuned (1 / 64 explorers)':<26} {'apex (1 / 64 explorers)':<26} classic"]
-    rows += [f"  --{k.replace('_', '-'):<20} {cells['tuned'][k]:<26} {cells['apex'][k]:<26} {cells['classic'][k]}"
+    w = 2 + max(map(len, names))
+    rows = [f"  {'flag':<{w + 2}} {'tuned (1 / 64 explorers)':<26} {'apex (1 / 64 explorers)':<26} classic"]
+    rows += [f"  --{k.replace('_', '-'):<{w}} {cells['tuned'][k]:<26} {cells['apex'][k]:<26} {cells['classic'][k]}"
              for k in names]
     return "\n".join(rows)

@@ -47,14 +47,20 @@ def test_the_default_preset_is_apex_with_the_series_learner_settings_below_8_exp
     """launch.py with no flags gets the learning series' choice (docs/learning.md) on a small machine and
     exactly apex from 8 explorers on; the flags' own defaults (what --help shows) are the 1-explorer values."""
     assert Config().preset == "tuned"
+    schedule = ("learning_rate_end", "learning_rate_anneal_steps", "priority_beta_anneal_steps")
+    changed = {"batch_size", "samples_per_insert", "learning_rate", "learning_starts", *schedule}
     for n in (1, 7):
-        tuned, apex = (apply_preset(Config(preset=p, num_actors=n), given=set()) for p in ("tuned", "apex"))
+        tuned, apex, classic = (apply_preset(Config(preset=p, num_actors=n), given=set())
+                                for p in ("tuned", "apex", "classic"))
         assert (tuned.batch_size, tuned.samples_per_insert, tuned.learning_rate, tuned.learning_starts) == (
             16, 4.0, 2.5e-4, 10_000)
+        # the rate to 5e-5 and beta to 1 over the first 1M agent steps, then held: the series' budget-free anneal
+        assert tuple(getattr(tuned, k) for k in schedule) == (5e-5, 1_000_000, 1_000_000)
         assert (apex.batch_size, apex.samples_per_insert, apex.learning_rate, apex.learning_starts) == (
             32, 8.0, 1e-4, 50_000)
+        # Ape-X and dqn_atari.py keep a constant rate and beta over the whole run
+        assert all(getattr(cfg, k) is None for cfg in (apex, classic) for k in schedule)
         # the rest is apex's, and an update still covers 4 agent steps (batch / ratio)
-        changed = {"batch_size", "samples_per_insert", "learning_rate", "learning_starts"}
         assert {k: v for k, v in vars(tuned).items() if k not in changed | {"preset"}} == {
             k: v for k, v in vars(apex).items() if k not in changed | {"preset"}}
         assert tuned.batch_size / tuned.samples_per_insert == apex.batch_size / apex.samples_per_insert
@@ -62,8 +68,7 @@ def test_the_default_preset_is_apex_with_the_series_learner_settings_below_8_exp
         tuned, apex = (apply_preset(Config(preset=p, num_actors=n), given=set()) for p in ("tuned", "apex"))
         assert dataclasses.replace(tuned, preset="apex") == apex
     defaults = apply_preset(Config(num_actors=1), given=set())
-    assert all(getattr(defaults, k) == getattr(Config(), k) for k in ("batch_size", "samples_per_insert",
-                                                                       "learning_rate", "learning_starts"))
+    assert all(getattr(defaults, k) == getattr(Config(), k) for k in changed)
     table = preset_table().splitlines()
     assert "tuned" in table[0] and "apex" in table[0]
     assert next(r for r in table if "--batch-size" in r).split()[1:] == ["16", "/", "512", "32", "/", "512", "32"]
@@ -110,7 +115,7 @@ def test_priority_beta_anneal_steps_brings_beta_to_one_early_and_leaves_the_rate
     timed = dataclasses.replace(cfg, max_minutes=10)
     assert timed.beta(250) == cfg.beta(250)  # nor the clock
     cfg.validate()
-    dataclasses.replace(cfg, learning_rate_end=None).validate()  # needs no other flag
+    dataclasses.replace(cfg, learning_rate_end=None, learning_rate_anneal_steps=None).validate()  # needs no other
     with pytest.raises(ValueError, match=r"--priority-beta-anneal-steps \(2000\) must exceed --learning-starts"):
         dataclasses.replace(cfg, priority_beta_anneal_steps=2_000).validate()
 
@@ -126,18 +131,22 @@ def test_flags_given_beside_a_preset_win_and_config_json_records_the_result(tmp_
     assert "--n-step" in preset_table() and "classic" in preset_table()
 
 
-def test_resuming_a_run_from_before_presets_keeps_its_plain_one_step_setup(tmp_path: Path) -> None:
+def test_resuming_a_run_from_before_presets_and_anneals_keeps_its_setup(tmp_path: Path) -> None:
+    """A config.json without the keys added since keeps what its run had: a plain 1-step network on uniform
+    replay, a constant rate and beta over the whole run (not today's defaults)."""
     from distributed.checkpoint import save_checkpoint
 
     run = tmp_path / "old"
     run.mkdir()
-    old = {k: v for k, v in json.loads(json.dumps(Config().__dict__)).items()
-           if k not in ("preset", "n_step", "prioritized", "priority_alpha", "priority_beta", "dueling")}
+    newer = ("preset", "n_step", "prioritized", "priority_alpha", "priority_beta", "dueling", "learning_rate_end",
+             "learning_rate_anneal_steps", "priority_beta_anneal_steps")
+    old = {k: v for k, v in json.loads(json.dumps(Config().__dict__)).items() if k not in newer}
     old.update(total_env_steps=3000, learning_starts=500, replay_capacity=5000, run_dir=str(run))
     (run / "config.json").write_text(json.dumps(old))
     save_checkpoint(run, {"online": [], "target": [], "optimizer": [], "steps": 0}, {"env_steps": 100})
     cfg, _ = preflight.resume_config(Config(resume=str(run)), ["--resume", str(run)])
     assert (cfg.dueling, cfg.n_step, cfg.prioritized) == (False, 1, False)
+    assert (cfg.learning_rate_end, cfg.learning_rate_anneal_steps, cfg.priority_beta_anneal_steps) == (None,) * 3
     with pytest.raises(LaunchError, match="dueling"):
         preflight.resume_config(Config(resume=str(run), dueling=True), ["--resume", str(run), "--dueling", "true"])
 

@@ -203,7 +203,8 @@ def test_learning_rate_end_anneals_the_rate_the_compiled_step_uses_and_a_restore
     assert annealed.learning_rate == pytest.approx(rate6)
     state = annealed.get_state()
     assert state["learning_rate"] == pytest.approx(rate6)
-    constant = Learner(Config(batch_size=B, learning_rate=rate6), n_actions=4)
+    constant = Learner(Config(batch_size=B, learning_rate=rate6, learning_rate_end=None,
+                              learning_rate_anneal_steps=None), n_actions=4)
     longer = Learner(dataclasses.replace(cfg, total_env_steps=180), n_actions=4)  # 20 learner steps
     for other in (constant, longer):
         other.set_state(state)
@@ -250,7 +251,8 @@ def test_priority_beta_anneal_steps_brings_the_sampled_beta_to_one_and_a_restore
     from learner.learner import Learner
 
     cfg = Config(batch_size=B, samples_per_insert=1.0, total_env_steps=1_000, learning_starts=20,
-                 priority_beta=0.4, priority_beta_anneal_steps=20 + 10 * B)
+                 priority_beta=0.4, priority_beta_anneal_steps=20 + 10 * B, learning_rate_end=None,
+                 learning_rate_anneal_steps=None)
     learner = Learner(cfg, n_actions=4)
     rng = np.random.default_rng(8)
     for _ in range(5):
