@@ -73,9 +73,10 @@ class Config:
     total_env_steps: int = flag(10_000_000, "stop after this many agent steps over all emulators", low=1)
     max_minutes: float | None = flag(None, "also stop after this many minutes of wall clock, counted from the "
                                      "launch.py process start (a --resume goes on from the wall clock its checkpoint "
-                                     "had run), whichever of this and --total-env-steps comes first; the anneal of "
-                                     "--learning-rate-end ends there too, so it fits a time budget (beta's keeps to "
-                                     "the steps; unset: steps only)", low=0.01)
+                                     "had run), whichever of this and --total-env-steps comes first; without "
+                                     "--learning-rate-anneal-steps (apex, classic) the anneal of --learning-rate-end "
+                                     "ends there too, so it fits a time budget; the anneals fixed in agent steps "
+                                     "(tuned's) and beta's keep to the steps (unset: steps only)", low=0.01)
     learning_starts: int = flag(10_000, "agent steps collected before the learner starts", low=1)
     seed: int = flag(0, "random seed (emulators, exploration, network init, replay sampling)", low=0)
     # --- algorithm: acting
@@ -115,14 +116,16 @@ class Config:
     learning_rate: float = flag(2.5e-4, "Adam learning rate", low=0.0, high=1.0)
     learning_rate_end: float | None = flag(5e-5, "anneal the rate linearly from --learning-rate to this at the run's "
                                            "end (its last learner step by --total-env-steps, or "
-                                           "--max-minutes, or --learning-rate-anneal-steps, whichever comes first; "
-                                           "a --resume goes on from the rate it reached); tuned: 5e-05 below 8 "
+                                           "--learning-rate-anneal-steps if sooner, or without that flag "
+                                           "--max-minutes if sooner; a --resume goes on from the rate it "
+                                           "reached); tuned: 5e-05 below 8 "
                                            "explorers; apex, classic: unset, a constant rate (as is "
                                            "--learning-rate's value)", low=0.0,
                                            high=1.0)
     learning_rate_anneal_steps: int | None = flag(1_000_000, "end --learning-rate-end's anneal after this many "
-                                                  "agent steps and hold that rate after, so the schedule does not "
-                                                  "depend on the run's length (tuned: 1,000,000 below 8 explorers; "
+                                                  "agent steps (or at --total-env-steps if sooner) and hold that "
+                                                  "rate after, so neither the run's length nor --max-minutes moves "
+                                                  "the schedule (tuned: 1,000,000 below 8 explorers; "
                                                   "apex, classic: unset, at the run's end)", low=1)
     adam_epsilon: float = flag(1.5e-4, "Adam epsilon", low=0.0)
     gamma: float = flag(0.99, "discount factor", low=0.0, high=1.0)
@@ -241,10 +244,13 @@ class Config:
         return min(1.0, max(progress, by_steps))
 
     def rate_progress(self, learner_steps: int, wall_seconds: float = 0.0) -> float:
-        """How far --learning-rate-end's anneal is, 0 to 1: :meth:`progress`, or the learner steps'
-        share of --learning-rate-anneal-steps when that is further (then the rate holds from there on)."""
-        return self._progress_or_steps(self.progress(learner_steps, wall_seconds), learner_steps,
-                                       self.learning_rate_anneal_steps)
+        """How far --learning-rate-end's anneal is, 0 to 1. With --learning-rate-anneal-steps: the learner
+        steps' share of them or of the run, whichever is further, and the clock does not count (a time
+        budget stops a schedule fixed in steps without changing it, as for beta); without: :meth:`progress`,
+        the clock of --max-minutes included."""
+        if self.learning_rate_anneal_steps is None:
+            return self.progress(learner_steps, wall_seconds)
+        return self._progress_or_steps(self.progress(learner_steps), learner_steps, self.learning_rate_anneal_steps)
 
     def beta_progress(self, learner_steps: int) -> float:
         """How far beta's anneal is, 0 to 1: the steps' :meth:`progress` (not the clock: --max-minutes stops a

@@ -94,8 +94,11 @@ def test_learning_rate_anneal_steps_ends_the_rates_anneal_early_and_leaves_beta_
     assert cfg.progress(250) == pytest.approx(0.125) and cfg.beta(250) == pytest.approx(0.475)  # beta: the run's
     unset = dataclasses.replace(cfg, learning_rate_anneal_steps=None)
     assert unset.rate_progress(250) == unset.progress(250) == pytest.approx(0.125)
-    timed = dataclasses.replace(cfg, max_minutes=10)  # whichever ends first: here the clock's 0.75
-    assert timed.rate_progress(250, 450.0) == pytest.approx(0.75)
+    timed = dataclasses.replace(cfg, max_minutes=10)  # a schedule fixed in steps: the clock does not move it
+    assert timed.rate_progress(250, 450.0) == cfg.rate_progress(250) == pytest.approx(0.5)
+    assert timed.rate_progress(0, 900.0) == 0.0  # not even past the budget (the run stops there)
+    assert dataclasses.replace(timed, learning_rate_anneal_steps=None).rate_progress(250, 450.0) == pytest.approx(
+        0.75)  # without it the budget sets the anneal's length: here the clock's 0.75
     cfg.validate()
     with pytest.raises(ValueError, match="give --learning-rate-end too"):
         dataclasses.replace(cfg, learning_rate_end=None).validate()

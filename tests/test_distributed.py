@@ -258,17 +258,17 @@ def test_snapshot_minutes_and_max_minutes_keep_the_wall_clock(ray_session, tmp_p
     """--snapshot-minutes: one copy per point, at the first moment past it, with the counts of that
     moment and the point named in snapshots.csv, beside the step snapshots of --snapshot-every.
     --max-minutes (the last point) ends the run long before --total-env-steps, with the final files,
-    and the rate of --learning-rate-end anneals over those minutes, not over the steps, while beta keeps
-    the steps' schedule (a stop does not change the defaults' learning)."""
+    and (apex: no anneal fixed in agent steps) the rate of --learning-rate-end anneals over those minutes,
+    not over the steps, while beta keeps the steps' schedule."""
     import launch
     from distributed.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
     points = (0.1, 0.2, 0.3)  # 6, 12 and 18 s
-    argv = ["--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "1000000", "--learning-starts", "300",
-            "--replay-capacity", "3000", "--eval-every", "0", "--snapshot-every", "1000", "--snapshot-minutes",
-            ",".join(map(str, points)), "--max-minutes", "0.3", "--learning-rate", "0.001", "--learning-rate-end",
-            "0", "--log-every", "0.5", "--run-dir", str(run_dir)]
+    argv = ["--preset", "apex", "--num-actors", "1", "--envs-per-actor", "2", "--total-env-steps", "1000000",
+            "--learning-starts", "300", "--replay-capacity", "3000", "--eval-every", "0", "--snapshot-every", "1000",
+            "--snapshot-minutes", ",".join(map(str, points)), "--max-minutes", "0.3", "--learning-rate", "0.001",
+            "--learning-rate-end", "0", "--log-every", "0.5", "--run-dir", str(run_dir)]
     assert launch.main(argv, driver_class=StartsNowDriver) == 0
     out = capsys.readouterr().out
     assert "or 0.3 minutes, whichever comes first;" in out and "--max-minutes 0.3 reached" in out

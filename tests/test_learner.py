@@ -276,7 +276,8 @@ def test_max_minutes_anneals_the_rate_over_the_wall_clock_and_a_restore_goes_on_
     from learner.learner import Learner
 
     cfg = Config(batch_size=B, samples_per_insert=8.0, total_env_steps=100_020, learning_starts=20,
-                 learning_rate=1e-3, learning_rate_end=0.0, max_minutes=1.0)  # 100,000 learner steps
+                 learning_rate=1e-3, learning_rate_end=0.0, learning_rate_anneal_steps=None,
+                 max_minutes=1.0)  # 100,000 learner steps
     learner = Learner(cfg, n_actions=4)
     learner.update(_batch(np.random.default_rng(6), 3))
     assert learner.learning_rate == pytest.approx(1e-3 * (1 - 1 / 100_000))  # by steps: the clock is at 0
