@@ -119,9 +119,8 @@ class Config:
                                            "--learning-rate-anneal-steps if sooner, or without that flag "
                                            "--max-minutes if sooner; a --resume goes on from the rate it "
                                            "reached); tuned: 5e-05 below 8 "
-                                           "explorers; apex, classic: unset, a constant rate (as is "
-                                           "--learning-rate's value)", low=0.0,
-                                           high=1.0)
+                                           "explorers (give it --learning-rate's value for a constant rate); "
+                                           "apex, classic: unset, a constant rate", low=0.0, high=1.0)
     learning_rate_anneal_steps: int | None = flag(1_000_000, "end --learning-rate-end's anneal after this many "
                                                   "agent steps (or at --total-env-steps if sooner) and hold that "
                                                   "rate after, so neither the run's length nor --max-minutes moves "
