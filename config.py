@@ -286,8 +286,9 @@ class Config:
             )
 
 
-# a constant rate, and beta annealed over the whole run (--total-env-steps): Ape-X's and dqn_atari.py's schedules
-_NO_SCHEDULE = {"learning_rate_end": None, "learning_rate_anneal_steps": None, "priority_beta_anneal_steps": None}
+# a constant rate, and beta annealed over the whole run (--total-env-steps): Ape-X's and dqn_atari.py's schedules,
+# and what runs from before the anneal flags existed had
+NO_SCHEDULE = {"learning_rate_end": None, "learning_rate_anneal_steps": None, "priority_beta_anneal_steps": None}
 
 
 def _apex(cfg: Config) -> dict[str, Any]:
@@ -299,7 +300,7 @@ def _apex(cfg: Config) -> dict[str, Any]:
         "n_step": 3, "prioritized": True, "priority_alpha": 0.6, "priority_beta": 0.4,
         "double_dqn": True, "dueling": False, "gamma": 0.99, "huber_delta": 1.0, "grad_clip_norm": 40.0,
         "learning_rate": 1e-4, "adam_epsilon": 1.5e-4, "target_update": 2_500, "samples_per_insert": 8.0,
-        "learning_starts": 50_000, **_NO_SCHEDULE,
+        "learning_starts": 50_000, **NO_SCHEDULE,
         "batch_size": int(min(512, 32 * max(1, cfg.num_actors // 4))),
         "replay_capacity": 2_000_000 if cfg.num_actors >= 64 else 1_000_000,
     }
@@ -312,7 +313,7 @@ def _classic(cfg: Config) -> dict[str, Any]:
         "n_step": 1, "prioritized": False, "double_dqn": False, "dueling": False, "gamma": 0.99,
         "huber_delta": 1.0, "grad_clip_norm": 0.0, "learning_rate": 2.5e-4, "adam_epsilon": 1e-7,
         "target_update": 2_500, "samples_per_insert": 8.0, "batch_size": 32, "learning_starts": 50_000,
-        "replay_capacity": 1_000_000, **_NO_SCHEDULE,
+        "replay_capacity": 1_000_000, **NO_SCHEDULE,
     }
 
 

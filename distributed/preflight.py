@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from config import Config, apply_preset
+from config import NO_SCHEDULE, Config, apply_preset
 from distributed import LaunchError
 from distributed.checkpoint import CHECKPOINT, REPLAY_FILE, CheckpointError, load_checkpoint
 from distributed.raystart import job_runtime_env
@@ -144,9 +144,8 @@ def resume_config(cfg: Config, argv: list[str] | None) -> tuple[Config, tuple[di
     if not isinstance(saved, dict) or not {"num_actors", "replay_capacity", "learning_starts"} <= set(saved):
         raise LaunchError(f"--resume {run_dir}: its config.json is from another program, not launch.py")
     # runs from before presets existed trained a plain network on 1-step uniform replay, and runs from before
-    # the anneals existed (tuned's since 2026-12-07) a constant rate with beta over the whole run
-    merged = {"dueling": False, "n_step": 1, "prioritized": False, "learning_rate_end": None,
-              "learning_rate_anneal_steps": None, "priority_beta_anneal_steps": None}
+    # the anneal flags existed (tuned's since 2026-12-07) a constant rate with beta over the whole run
+    merged = {"dueling": False, "n_step": 1, "prioritized": False, **NO_SCHEDULE}
     merged.update({k: v for k, v in saved.items() if k in fields})
     given = given_flags(Config, argv)
     if "preset" in given:
